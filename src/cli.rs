@@ -1,0 +1,305 @@
+//! The `sluice` command line: run, validate, test, explain, setup, demo.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::config::{self, Diagnostics, PipelineSpec};
+use crate::pipeline::runner::{RunControl, RunReport};
+use crate::pipeline::{self, Graph, build::Overrides};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Dataflow-style stream processor: Beam YAML pipelines on Arrow batches"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline.
+    Run {
+        pipeline: PathBuf,
+        /// Template variable KEY=VALUE (repeatable).
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// Streaming sources end after no message arrived for this long (e.g. 30s).
+        #[arg(long, value_parser = config::duration::parse_duration)]
+        until_idle: Option<Duration>,
+        /// Serve health, readiness and metrics on ADDR.
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Check pipelines; print every problem as file:line:col.
+    Validate {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    /// Run the `tests:` section of pipelines.
+    Test {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    /// Print the resolved graph.
+    Explain {
+        pipeline: PathBuf,
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    /// Create the topics, subscriptions and tables a pipeline declares.
+    Setup {
+        pipeline: PathBuf,
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+    /// Run the embedded quickstart on shipped sample data.
+    Demo {
+        /// Where to write the demo's files.
+        #[arg(long, default_value = "sluice-demo")]
+        out: PathBuf,
+    },
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+/// Exit codes of the contract.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+
+fn load(path: &Path, vars: &[(String, String)]) -> Result<(PipelineSpec, Graph), Diagnostics> {
+    let vars: BTreeMap<String, String> = vars.iter().cloned().collect();
+    let spec = config::load(path, &vars)?;
+    let graph = pipeline::validate(&spec)?;
+    Ok((spec, graph))
+}
+
+pub async fn main(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Validate { pipelines, vars } => {
+            let mut code = EXIT_OK;
+            for p in &pipelines {
+                match load(p, &vars) {
+                    Ok(_) => println!("{}: valid", p.display()),
+                    Err(d) => {
+                        eprintln!("{d}");
+                        code = EXIT_INVALID;
+                    }
+                }
+            }
+            code
+        }
+        Command::Explain { pipeline, vars } => match load(&pipeline, &vars) {
+            Ok((spec, graph)) => {
+                print!("{}", explain(&spec, &graph));
+                EXIT_OK
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                EXIT_INVALID
+            }
+        },
+        Command::Test { pipelines, vars } => test(&pipelines, &vars).await,
+        Command::Run {
+            pipeline,
+            vars,
+            until_idle: _,
+            http,
+        } => {
+            if http.is_some() {
+                eprintln!("sluice: --http is not available in this build yet");
+                return EXIT_INVALID;
+            }
+            let (spec, graph) = match load(&pipeline, &vars) {
+                Ok(x) => x,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return EXIT_INVALID;
+                }
+            };
+            match run(&spec, &graph).await {
+                Ok(report) => {
+                    eprint!("{}", summary(&report));
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("sluice: pipeline failed: {e}");
+                    EXIT_FAILED
+                }
+            }
+        }
+        Command::Setup { pipeline, vars } => match load(&pipeline, &vars) {
+            Ok(_) => {
+                println!(
+                    "{}: declares no Pub/Sub or BigQuery resources; nothing to create",
+                    pipeline.display()
+                );
+                EXIT_OK
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                EXIT_INVALID
+            }
+        },
+        Command::Demo { out } => crate::demo::run(&out).await,
+    }
+}
+
+/// Runs a pipeline until its sources end; SIGINT/SIGTERM ask sources to stop and drain.
+///
+/// # Errors
+/// The first stage failure.
+pub async fn run(spec: &PipelineSpec, graph: &Graph) -> Result<RunReport, pipeline::EngineError> {
+    let (tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Stop requested; draining");
+        let _ = tx.send(true);
+    });
+    pipeline::execute(spec, graph, &Overrides::default(), RunControl { stop })
+        .await
+        .map(|(r, _)| r)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn test(pipelines: &[PathBuf], vars: &[(String, String)]) -> u8 {
+    let mut code = EXIT_OK;
+    let (mut passed, mut failed) = (0, 0);
+    for p in pipelines {
+        let (spec, _) = match load(p, vars) {
+            Ok(x) => x,
+            Err(d) => {
+                eprintln!("{d}");
+                return EXIT_INVALID;
+            }
+        };
+        if spec.tests.is_empty() {
+            println!("{}: no tests", p.display());
+            continue;
+        }
+        for outcome in crate::testing::run_tests(&spec).await {
+            if outcome.passed() {
+                passed += 1;
+                println!("PASS {} :: {}", p.display(), outcome.name);
+            } else {
+                failed += 1;
+                code = EXIT_FAILED;
+                println!("FAIL {} :: {}", p.display(), outcome.name);
+                for f in &outcome.failures {
+                    println!("  {}", f.replace('\n', "\n  "));
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    code
+}
+
+/// The resolved graph as text.
+pub fn explain(spec: &PipelineSpec, graph: &Graph) -> String {
+    use std::fmt::Write;
+    let mut s = format!("pipeline {} ({})\n", spec.name, spec.file);
+    for &i in &graph.order {
+        let n = &graph.nodes[i];
+        let inputs: Vec<String> = n
+            .inputs
+            .iter()
+            .map(|e| {
+                let from = &graph.nodes[e.from];
+                let port = &from.ports[e.port];
+                let r = if port.is_empty() {
+                    from.name.clone()
+                } else {
+                    format!("{}.{port}", from.name)
+                };
+                match &e.alias {
+                    Some(a) => format!("{a}={r}"),
+                    None => r,
+                }
+            })
+            .collect();
+        let _ = write!(s, "  {} [{}]", n.name, n.type_name);
+        if !inputs.is_empty() {
+            let _ = write!(s, " <- {}", inputs.join(", "));
+        }
+        let outs: Vec<&str> = n.ports.iter().skip(1).map(String::as_str).collect();
+        if !outs.is_empty() {
+            let _ = write!(s, "; outputs: {}", outs.join(", "));
+        }
+        if n.windowing != config::Windowing::global() {
+            let _ = write!(s, "; windowing: {:?}", n.windowing.kind);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The end-of-run report: rows per transform, errors, unhandled error examples, outputs.
+pub fn summary(report: &RunReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::from("transform                      rows in   rows out   errors\n");
+    let mut outputs = Vec::new();
+    let mut unhandled = Vec::new();
+    for (name, st) in &report.stats {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>9} {:>10} {:>8}",
+            name,
+            st.rows_in.load(Ordering::Relaxed),
+            st.rows_out.load(Ordering::Relaxed),
+            st.errors.load(Ordering::Relaxed)
+        );
+        outputs.extend(st.outputs.lock().expect("not poisoned").clone());
+        let ex = st.unhandled_examples.lock().expect("not poisoned");
+        if !ex.is_empty() {
+            unhandled.push((name.clone(), st.errors.load(Ordering::Relaxed), ex.clone()));
+        }
+    }
+    for (name, count, examples) in unhandled {
+        let _ = writeln!(
+            s,
+            "warning: {count} records failed in `{name}`, which declares no error output; examples:"
+        );
+        for e in examples {
+            let _ = writeln!(s, "  {e}");
+        }
+    }
+    for o in outputs {
+        let _ = writeln!(s, "wrote {o}");
+    }
+    s
+}

@@ -1,0 +1,801 @@
+//! Explicit registration of every transform type: its config struct and the one `match` that
+//! reads it. `grep` finds every component here; the compiler finds a missing arm elsewhere.
+
+use marked_yaml::Node;
+
+use super::diag::{Pos, Reporter, suggest};
+use super::window::{Windowing, parse_windowing};
+use super::yaml::{Located, MapReader, kind_of, pos_of, to_json};
+
+/// An expression language of Beam YAML that Sluice evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Language {
+    /// Field references and literal constants.
+    #[default]
+    Generic,
+    /// SQL expressions, compiled once with DataFusion and evaluated vectorised per batch.
+    Sql,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExprKind {
+    /// A reference to an input field by name.
+    Field(String),
+    /// A constant.
+    Literal(serde_json::Value),
+    /// A SQL expression over the input fields.
+    Sql(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExprSpec {
+    pub kind: ExprKind,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AggFn {
+    Sum,
+    Min,
+    Max,
+    Mean,
+    Count,
+    All,
+    Any,
+    Concat,
+    CountDistinct,
+    ApproxCountDistinct,
+    Quantile(f64),
+}
+
+pub const AGG_NAMES: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "mean",
+    "count",
+    "all",
+    "any",
+    "concat",
+    "count_distinct",
+    "approx_count_distinct",
+    "quantile",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CombineField {
+    pub output: String,
+    /// The input field aggregated; `None` only for `count` of rows.
+    pub value: Option<ExprSpec>,
+    pub func: AggFn,
+    pub pos: Pos,
+}
+
+/// Output file naming for file sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSink {
+    pub path: Located<String>,
+    pub num_shards: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransformConfig {
+    Create {
+        elements: Vec<serde_json::Value>,
+    },
+    LogForTesting {
+        prefix: String,
+        level: String,
+    },
+    AssertEqual {
+        elements: Vec<serde_json::Value>,
+    },
+    ReadFromJson {
+        path: Located<String>,
+        schema: Option<serde_json::Value>,
+    },
+    WriteToJson(FileSink),
+    ReadFromCsv {
+        path: Located<String>,
+        delimiter: u8,
+        schema: Option<serde_json::Value>,
+    },
+    WriteToCsv {
+        sink: FileSink,
+        delimiter: u8,
+    },
+    ReadFromParquet {
+        path: Located<String>,
+    },
+    WriteToParquet(FileSink),
+    MapToFields {
+        fields: Vec<(Located<String>, ExprSpec)>,
+        append: bool,
+        drop: Vec<Located<String>>,
+    },
+    Filter {
+        keep: ExprSpec,
+    },
+    Explode {
+        fields: Vec<Located<String>>,
+        cross_product: bool,
+    },
+    Flatten,
+    Partition {
+        by: ExprSpec,
+        outputs: Vec<Located<String>>,
+        unknown_output: Option<Located<String>>,
+    },
+    ValidateWithSchema {
+        schema: serde_json::Value,
+        pos: Pos,
+    },
+    StripErrorMetadata,
+    AssignTimestamps {
+        timestamp: ExprSpec,
+    },
+    WindowInto {
+        windowing: Located<Windowing>,
+    },
+    Combine {
+        group_by: Vec<Located<String>>,
+        combine: Vec<CombineField>,
+    },
+    ExtractWindowingInfo {
+        fields: Vec<(String, String)>,
+    },
+    Sql {
+        query: Located<String>,
+    },
+    /// Internal (never parsed): records its input, for `sluice test` expectations.
+    Capture,
+    /// A type named in the contract that this build does not run yet; `validate` rejects it.
+    Unsupported {
+        reason: String,
+    },
+    /// Unknown type or unreadable config; the problem was already reported.
+    Invalid,
+}
+
+/// Every transform type `validate` knows, for "did you mean".
+pub const KNOWN_TYPES: &[&str] = &[
+    "Create",
+    "LogForTesting",
+    "AssertEqual",
+    "ReadFromJson",
+    "WriteToJson",
+    "ReadFromCsv",
+    "WriteToCsv",
+    "ReadFromParquet",
+    "WriteToParquet",
+    "MapToFields",
+    "Filter",
+    "Explode",
+    "Flatten",
+    "Partition",
+    "ValidateWithSchema",
+    "StripErrorMetadata",
+    "AssignTimestamps",
+    "WindowInto",
+    "Combine",
+    "ExtractWindowingInfo",
+    "Sql",
+    "ReadFromPubSub",
+    "WriteToPubSub",
+    "ReadFromBigQuery",
+    "WriteToBigQuery",
+    "WriteToPostgres",
+    "WriteToRedis",
+    "Deduplicate",
+    "Check",
+];
+
+/// Types of the contract whose connector is not in this build yet.
+const NOT_YET: &[&str] = &[
+    "ReadFromPubSub",
+    "WriteToPubSub",
+    "ReadFromBigQuery",
+    "WriteToBigQuery",
+    "WriteToPostgres",
+    "WriteToRedis",
+    "Deduplicate",
+    "Check",
+];
+
+pub fn parse_config(
+    ty: &Located<String>,
+    node: Option<&Node>,
+    rep: &mut Reporter,
+) -> TransformConfig {
+    let t = ty.value.as_str();
+    let what = format!("`{t}` config");
+    macro_rules! reader {
+        ($keys:expr) => {
+            MapReader::new(node, ty.pos, what.clone(), $keys, rep)
+        };
+    }
+    let cfg = match t {
+        "Create" => {
+            let mut r = reader!(&["elements", "reshuffle"]);
+            let elements = elements(&mut r, rep);
+            r.bool("reshuffle", false, rep);
+            r.finish(rep);
+            TransformConfig::Create { elements }
+        }
+        "AssertEqual" => {
+            let mut r = reader!(&["elements"]);
+            let elements = elements(&mut r, rep);
+            r.finish(rep);
+            TransformConfig::AssertEqual { elements }
+        }
+        "LogForTesting" => {
+            let mut r = reader!(&["prefix", "level"]);
+            let prefix = r.string("prefix", rep).map(|p| p.value).unwrap_or_default();
+            let level = r
+                .string("level", rep)
+                .map(|p| p.value)
+                .unwrap_or_else(|| "INFO".into());
+            r.finish(rep);
+            TransformConfig::LogForTesting { prefix, level }
+        }
+        "ReadFromJson" => {
+            let mut r = reader!(&["path", "schema"]);
+            let path = r.required_string("path", rep);
+            let schema = r.node("schema").map(schema_value);
+            r.finish(rep);
+            match path {
+                Some(path) => TransformConfig::ReadFromJson { path, schema },
+                None => TransformConfig::Invalid,
+            }
+        }
+        "ReadFromCsv" => {
+            let mut r = reader!(&["path", "delimiter", "schema"]);
+            let path = r.required_string("path", rep);
+            let delimiter = delimiter(&mut r, rep);
+            let schema = r.node("schema").map(schema_value);
+            r.finish(rep);
+            match path {
+                Some(path) => TransformConfig::ReadFromCsv {
+                    path,
+                    delimiter,
+                    schema,
+                },
+                None => TransformConfig::Invalid,
+            }
+        }
+        "ReadFromParquet" => {
+            let mut r = reader!(&["path"]);
+            let path = r.required_string("path", rep);
+            r.finish(rep);
+            path.map_or(TransformConfig::Invalid, |path| {
+                TransformConfig::ReadFromParquet { path }
+            })
+        }
+        "WriteToJson" | "WriteToParquet" => {
+            let mut r = reader!(&["path", "num_shards"]);
+            let sink = file_sink(&mut r, rep);
+            r.finish(rep);
+            match (t, sink) {
+                ("WriteToJson", Some(s)) => TransformConfig::WriteToJson(s),
+                (_, Some(s)) => TransformConfig::WriteToParquet(s),
+                _ => TransformConfig::Invalid,
+            }
+        }
+        "WriteToCsv" => {
+            let mut r = reader!(&["path", "num_shards", "delimiter"]);
+            let sink = file_sink(&mut r, rep);
+            let delimiter = delimiter(&mut r, rep);
+            r.finish(rep);
+            sink.map_or(TransformConfig::Invalid, |sink| {
+                TransformConfig::WriteToCsv { sink, delimiter }
+            })
+        }
+        "MapToFields" => {
+            let mut r = reader!(&["language", "fields", "append", "drop"]);
+            let lang = language(&mut r, rep);
+            let append = r.bool("append", false, rep);
+            let drop = r.string_list("drop", rep).unwrap_or_default();
+            let mut fields = Vec::new();
+            match r.node("fields") {
+                Some(Node::Mapping(m)) => {
+                    for (k, v) in m.iter() {
+                        if let Some(e) = expr(v, lang, rep) {
+                            fields.push((
+                                Located::new(k.as_str().to_string(), Pos::from_span(k.span())),
+                                e,
+                            ));
+                        }
+                    }
+                }
+                Some(other) => rep.error(
+                    pos_of(other),
+                    "`fields` must be a mapping of output name to expression",
+                    None,
+                ),
+                None if !append && drop.is_empty() => {
+                    rep.error(ty.pos, "`MapToFields` needs `fields`", None);
+                }
+                None => {}
+            }
+            r.finish(rep);
+            TransformConfig::MapToFields {
+                fields,
+                append,
+                drop,
+            }
+        }
+        "Filter" => {
+            let mut r = reader!(&["language", "keep"]);
+            let lang = language(&mut r, rep);
+            let keep = required_expr(&mut r, "keep", lang, ty.pos, rep);
+            r.finish(rep);
+            keep.map_or(TransformConfig::Invalid, |keep| TransformConfig::Filter {
+                keep,
+            })
+        }
+        "AssignTimestamps" => {
+            let mut r = reader!(&["language", "timestamp"]);
+            let lang = language(&mut r, rep);
+            let ts = required_expr(&mut r, "timestamp", lang, ty.pos, rep);
+            r.finish(rep);
+            ts.map_or(TransformConfig::Invalid, |timestamp| {
+                TransformConfig::AssignTimestamps { timestamp }
+            })
+        }
+        "Explode" => {
+            let mut r = reader!(&["fields", "cross_product"]);
+            let fields = r.string_list("fields", rep);
+            let cross_product = r.bool("cross_product", true, rep);
+            if fields.is_none() {
+                rep.error(ty.pos, "`Explode` needs `fields`", None);
+            }
+            r.finish(rep);
+            TransformConfig::Explode {
+                fields: fields.unwrap_or_default(),
+                cross_product,
+            }
+        }
+        "Flatten" | "StripErrorMetadata" => {
+            let r = reader!(&[]);
+            r.finish(rep);
+            if t == "Flatten" {
+                TransformConfig::Flatten
+            } else {
+                TransformConfig::StripErrorMetadata
+            }
+        }
+        "Partition" => {
+            let mut r = reader!(&["language", "by", "outputs", "unknown_output"]);
+            let lang = language(&mut r, rep);
+            let by = required_expr(&mut r, "by", lang, ty.pos, rep);
+            let outputs = r.string_list("outputs", rep).unwrap_or_default();
+            if outputs.is_empty() {
+                rep.error(
+                    r.pos(),
+                    "`Partition` needs a non-empty `outputs` list",
+                    None,
+                );
+            }
+            let unknown_output = r.string("unknown_output", rep);
+            r.finish(rep);
+            by.map_or(TransformConfig::Invalid, |by| TransformConfig::Partition {
+                by,
+                outputs,
+                unknown_output,
+            })
+        }
+        "ValidateWithSchema" => {
+            let mut r = reader!(&["schema"]);
+            let schema = r.node("schema");
+            let out = match schema {
+                Some(n) => {
+                    let value = schema_value(n);
+                    match jsonschema::validator_for(&value) {
+                        Ok(_) => TransformConfig::ValidateWithSchema {
+                            schema: value,
+                            pos: pos_of(n),
+                        },
+                        Err(e) => {
+                            rep.error(pos_of(n), format!("invalid JSON schema: {e}"), None);
+                            TransformConfig::Invalid
+                        }
+                    }
+                }
+                None => {
+                    rep.error(ty.pos, "`ValidateWithSchema` needs `schema`", None);
+                    TransformConfig::Invalid
+                }
+            };
+            r.finish(rep);
+            out
+        }
+        "WindowInto" => {
+            let mut r = reader!(&["windowing"]);
+            let w = match r.node("windowing") {
+                Some(n) => parse_windowing(n, rep),
+                None => {
+                    rep.error(ty.pos, "`WindowInto` needs `windowing`", None);
+                    None
+                }
+            };
+            r.finish(rep);
+            w.map_or(TransformConfig::Invalid, |windowing| {
+                TransformConfig::WindowInto { windowing }
+            })
+        }
+        "Combine" => {
+            let mut r = reader!(&["language", "group_by", "combine"]);
+            let lang = language(&mut r, rep);
+            let group_by = r.string_list("group_by", rep).unwrap_or_default();
+            let combine = match r.node("combine") {
+                Some(n) => combine_fields(n, lang, rep),
+                None => {
+                    rep.error(ty.pos, "`Combine` needs `combine`", None);
+                    Vec::new()
+                }
+            };
+            r.finish(rep);
+            TransformConfig::Combine { group_by, combine }
+        }
+        "ExtractWindowingInfo" => {
+            let mut r = reader!(&["fields"]);
+            let all = [
+                "window_start",
+                "window_end",
+                "pane_index",
+                "pane_timing",
+                "timestamp",
+            ];
+            let mut fields = Vec::new();
+            match r.node("fields") {
+                None => fields.extend(all.iter().take(4).map(|f| (f.to_string(), f.to_string()))),
+                Some(Node::Mapping(m)) => {
+                    for (k, v) in m.iter() {
+                        let info = v
+                            .as_scalar()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default();
+                        check_info(&info, pos_of(v), &all, rep);
+                        fields.push((k.as_str().to_string(), info));
+                    }
+                }
+                Some(n) => {
+                    for f in super::yaml::string_list(n, "fields", rep).unwrap_or_default() {
+                        check_info(&f.value, f.pos, &all, rep);
+                        fields.push((f.value.clone(), f.value));
+                    }
+                }
+            }
+            r.finish(rep);
+            TransformConfig::ExtractWindowingInfo { fields }
+        }
+        "Sql" => {
+            let mut r = reader!(&["query", "dialect"]);
+            let query = r.required_string("query", rep);
+            if let Some(d) = r.string("dialect", rep) {
+                if !d.value.eq_ignore_ascii_case("datafusion")
+                    && !d.value.eq_ignore_ascii_case("generic")
+                {
+                    rep.error(
+                        d.pos,
+                        format!("SQL dialect `{}` is not supported", d.value),
+                        Some("Sluice runs queries with DataFusion's SQL dialect".into()),
+                    );
+                }
+            }
+            r.finish(rep);
+            query.map_or(TransformConfig::Invalid, |query| TransformConfig::Sql {
+                query,
+            })
+        }
+        _ if NOT_YET.contains(&t) => {
+            let reason = format!(
+                "transform type `{t}` is part of Sluice's contract but not available in this build yet"
+            );
+            rep.error(
+                ty.pos,
+                reason.clone(),
+                Some("see README.md for the transforms this version runs".into()),
+            );
+            TransformConfig::Unsupported { reason }
+        }
+        _ => {
+            rep.error(
+                ty.pos,
+                format!("unknown transform type `{t}`"),
+                Some(suggest(t, KNOWN_TYPES)),
+            );
+            TransformConfig::Invalid
+        }
+    };
+    cfg
+}
+
+fn check_info(info: &str, pos: Pos, all: &[&str], rep: &mut Reporter) {
+    if !all.contains(&info) {
+        rep.error(
+            pos,
+            format!("unknown windowing info `{info}`"),
+            Some(suggest(info, all)),
+        );
+    }
+}
+
+fn elements(r: &mut MapReader<'_>, rep: &mut Reporter) -> Vec<serde_json::Value> {
+    match r.node("elements") {
+        Some(Node::Sequence(s)) => s.iter().map(to_json).collect(),
+        Some(other) => {
+            rep.error(
+                pos_of(other),
+                format!("`elements` must be a list, found {}", kind_of(other)),
+                None,
+            );
+            Vec::new()
+        }
+        None => {
+            rep.error(r.pos(), "missing required key `elements`", None);
+            Vec::new()
+        }
+    }
+}
+
+/// A schema may be given inline as YAML or as a JSON string.
+fn schema_value(node: &Node) -> serde_json::Value {
+    match to_json(node) {
+        serde_json::Value::String(s) => {
+            serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))
+        }
+        v => v,
+    }
+}
+
+fn delimiter(r: &mut MapReader<'_>, rep: &mut Reporter) -> u8 {
+    match r.string("delimiter", rep) {
+        None => b',',
+        Some(d) if d.value.len() == 1 => d.value.as_bytes()[0],
+        Some(d) if d.value == "\\t" => b'\t',
+        Some(d) => {
+            rep.error(d.pos, "`delimiter` must be a single character", None);
+            b','
+        }
+    }
+}
+
+fn file_sink(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<FileSink> {
+    let path = r.required_string("path", rep)?;
+    let num_shards = r.u64("num_shards", rep).unwrap_or(1).max(1) as usize;
+    Some(FileSink { path, num_shards })
+}
+
+fn language(r: &mut MapReader<'_>, rep: &mut Reporter) -> Language {
+    let Some(l) = r.string("language", rep) else {
+        return Language::Generic;
+    };
+    match l.value.as_str() {
+        "generic" => Language::Generic,
+        "sql" | "calcite" => Language::Sql,
+        "python" | "javascript" | "java" => {
+            rep.error(
+                l.pos,
+                format!("expression language `{}` is not supported by Sluice", l.value),
+                Some(
+                    "Sluice evaluates expressions vectorised in Rust: use `language: sql` (or generic field references); \
+                     user code in Python, JavaScript or Java would need an embedded interpreter per worker"
+                        .into(),
+                ),
+            );
+            Language::Generic
+        }
+        other => {
+            rep.error(
+                l.pos,
+                format!("unknown expression language `{other}`"),
+                Some(suggest(other, &["generic", "sql"])),
+            );
+            Language::Generic
+        }
+    }
+}
+
+fn required_expr(
+    r: &mut MapReader<'_>,
+    key: &'static str,
+    lang: Language,
+    fallback: Pos,
+    rep: &mut Reporter,
+) -> Option<ExprSpec> {
+    match r.node(key) {
+        Some(n) => expr(n, lang, rep),
+        None => {
+            rep.error(fallback, format!("missing required key `{key}`"), None);
+            None
+        }
+    }
+}
+
+/// Reads an expression: a scalar, or `{expression: ..., output_type: ...}`; `callable` needs
+/// Python and is refused.
+pub fn expr(node: &Node, lang: Language, rep: &mut Reporter) -> Option<ExprSpec> {
+    let pos = pos_of(node);
+    match node {
+        Node::Scalar(s) => {
+            let value = to_json(node);
+            let kind = match (lang, value) {
+                (Language::Sql, _) => ExprKind::Sql(s.as_str().to_string()),
+                (Language::Generic, serde_json::Value::String(name)) => ExprKind::Field(name),
+                (Language::Generic, literal) => ExprKind::Literal(literal),
+            };
+            Some(ExprSpec { kind, pos })
+        }
+        Node::Mapping(m) => {
+            if m.get_node("callable").is_some() || m.get_node("path").is_some() {
+                rep.error(
+                    pos,
+                    "`callable` expressions need the Python language, which Sluice does not run",
+                    Some("rewrite it as `language: sql` with an `expression`".into()),
+                );
+                return None;
+            }
+            let mut r = MapReader::new(
+                Some(node),
+                pos,
+                "an expression",
+                &["expression", "output_type"],
+                rep,
+            );
+            let e = r.required_string("expression", rep);
+            r.node("output_type");
+            r.finish(rep);
+            let e = e?;
+            let kind = match lang {
+                Language::Sql => ExprKind::Sql(e.value),
+                Language::Generic => ExprKind::Field(e.value),
+            };
+            Some(ExprSpec { kind, pos: e.pos })
+        }
+        Node::Sequence(_) => {
+            rep.error(
+                pos,
+                "an expression must be a string or `{expression: ...}`",
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn combine_fields(node: &Node, lang: Language, rep: &mut Reporter) -> Vec<CombineField> {
+    let Node::Mapping(m) = node else {
+        rep.error(
+            pos_of(node),
+            "`combine` must map output fields to aggregations",
+            None,
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in m.iter() {
+        let output = k.as_str().to_string();
+        let pos = Pos::from_span(k.span());
+        let field_ref = |name: &str| ExprSpec {
+            kind: ExprKind::Field(name.to_string()),
+            pos,
+        };
+        match v {
+            // `total: sum` aggregates the field of the same name.
+            Node::Scalar(s) => {
+                if let Some(func) = agg_fn(s.as_str(), None, pos_of(v), rep) {
+                    let value = (func != AggFn::Count).then(|| field_ref(&output));
+                    out.push(CombineField {
+                        value,
+                        func,
+                        output,
+                        pos,
+                    });
+                }
+            }
+            Node::Mapping(_) => {
+                let mut r = MapReader::new(
+                    Some(v),
+                    pos_of(v),
+                    "a combine entry",
+                    &["value", "fn", "config"],
+                    rep,
+                );
+                let value = r.node("value").and_then(|n| expr(n, lang, rep));
+                let func = match r.node("fn") {
+                    Some(Node::Scalar(f)) => {
+                        let cfg = r.node("config");
+                        agg_fn(f.as_str(), cfg, pos_of(v), rep)
+                    }
+                    Some(fnode @ Node::Mapping(_)) => {
+                        let mut fr = MapReader::new(
+                            Some(fnode),
+                            pos_of(fnode),
+                            "`fn`",
+                            &["type", "config"],
+                            rep,
+                        );
+                        let ty = fr.required_string("type", rep);
+                        let cfg = fr.node("config");
+                        fr.finish(rep);
+                        ty.and_then(|t| agg_fn(&t.value, cfg, t.pos, rep))
+                    }
+                    Some(other) => {
+                        rep.error(
+                            pos_of(other),
+                            "`fn` must name an aggregation",
+                            Some(AGG_NAMES.join(", ")),
+                        );
+                        None
+                    }
+                    None => {
+                        rep.error(pos_of(v), "a combine entry needs `fn`", None);
+                        None
+                    }
+                };
+                r.finish(rep);
+                if let Some(func) = func {
+                    if value.is_none() && func != AggFn::Count {
+                        rep.error(
+                            pos_of(v),
+                            format!("`{output}` needs `value`: the field to aggregate"),
+                            None,
+                        );
+                        continue;
+                    }
+                    out.push(CombineField {
+                        value,
+                        func,
+                        output,
+                        pos,
+                    });
+                }
+            }
+            Node::Sequence(_) => rep.error(
+                pos_of(v),
+                "a combine entry must be `fn` or `{value, fn}`",
+                None,
+            ),
+        }
+    }
+    out
+}
+
+fn agg_fn(name: &str, config: Option<&Node>, pos: Pos, rep: &mut Reporter) -> Option<AggFn> {
+    let f = match name {
+        "sum" => AggFn::Sum,
+        "min" => AggFn::Min,
+        "max" => AggFn::Max,
+        "mean" => AggFn::Mean,
+        "count" => AggFn::Count,
+        "all" => AggFn::All,
+        "any" => AggFn::Any,
+        "concat" => AggFn::Concat,
+        "count_distinct" => AggFn::CountDistinct,
+        "approx_count_distinct" => AggFn::ApproxCountDistinct,
+        "quantile" => {
+            let mut q = 0.5;
+            if let Some(c) = config {
+                let mut r = MapReader::new(Some(c), pos_of(c), "`quantile` config", &["q"], rep);
+                if let Some(v) = r.f64("q", rep) {
+                    if !(0.0..=1.0).contains(&v) {
+                        rep.error(pos_of(c), "`q` must be between 0 and 1", None);
+                    }
+                    q = v;
+                }
+                r.finish(rep);
+            }
+            AggFn::Quantile(q)
+        }
+        other => {
+            rep.error(
+                pos,
+                format!("unknown aggregation `{other}`"),
+                Some(suggest(other, AGG_NAMES)),
+            );
+            return None;
+        }
+    };
+    Some(f)
+}

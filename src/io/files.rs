@@ -1,0 +1,210 @@
+//! What file connectors share: glob expansion, line-chunked reading, and sharded output files
+//! that appear atomically (written to a temporary name, renamed when complete).
+
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output, SourceSink};
+use crate::record::Batch;
+
+/// Files matching `pattern` (a path or a glob), sorted.
+///
+/// # Errors
+/// When the pattern is invalid or matches nothing.
+pub fn expand(transform: &str, pattern: &str) -> Result<Vec<PathBuf>, EngineError> {
+    let paths: Vec<PathBuf> = glob::glob(pattern)
+        .map_err(|e| {
+            EngineError::config(transform, format!("invalid path pattern `{pattern}`: {e}"))
+        })?
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    if paths.is_empty() {
+        return Err(EngineError::config(
+            transform,
+            format!("no file matches `{pattern}`"),
+        ));
+    }
+    Ok(paths)
+}
+
+/// Reads a file in chunks of whole lines, about `lines` lines each.
+pub struct LineChunks {
+    file: File,
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+    lines: usize,
+}
+
+/// Bytes read per `read` call; large enough to amortise syscalls, small enough to bound memory.
+const READ_SIZE: usize = 4 << 20;
+
+impl LineChunks {
+    pub fn open(path: &Path, lines: usize) -> std::io::Result<Self> {
+        Ok(LineChunks {
+            file: File::open(path)?,
+            buf: Vec::with_capacity(READ_SIZE * 2),
+            start: 0,
+            eof: false,
+            lines: lines.max(1),
+        })
+    }
+
+    /// The next chunk of complete lines (the last may lack its newline), or `None` at the end.
+    pub fn next_chunk(&mut self) -> std::io::Result<Option<&[u8]>> {
+        loop {
+            let pending = &self.buf[self.start..];
+            if let Some(end) = memchr::memchr_iter(b'\n', pending).nth(self.lines - 1) {
+                let chunk_start = self.start;
+                self.start += end + 1;
+                return Ok(Some(&self.buf[chunk_start..self.start]));
+            }
+            if self.eof {
+                if pending.is_empty() {
+                    return Ok(None);
+                }
+                let chunk_start = self.start;
+                self.start = self.buf.len();
+                return Ok(Some(&self.buf[chunk_start..]));
+            }
+            // Keep the unread tail and read more.
+            self.buf.drain(..self.start);
+            self.start = 0;
+            let old = self.buf.len();
+            self.buf.resize(old + READ_SIZE, 0);
+            let n = self.file.read(&mut self.buf[old..])?;
+            self.buf.truncate(old + n);
+            if n == 0 {
+                self.eof = true;
+            }
+        }
+    }
+}
+
+/// Sends what a source's `Output` collected (main rows and error records) downstream.
+pub async fn forward(out: &mut Output, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+    let batches: Vec<(usize, Batch)> = out.drain().collect();
+    for (port, batch) in batches {
+        sink.emit(port, batch).await?;
+    }
+    Ok(())
+}
+
+/// Reports undecodable records of a file source.
+pub fn report_bad(
+    errors: &ErrorRoute,
+    out: &mut Output,
+    path: &Path,
+    bad: Vec<crate::record::json::BadRecord>,
+) {
+    let failures = bad
+        .into_iter()
+        .map(|b| (b.payload, format!("{}: {}", path.display(), b.error)))
+        .collect();
+    errors.report(out, failures);
+}
+
+/// A format that writes batches to one file.
+pub trait FormatWriter: Send {
+    fn write(&mut self, rows: &RecordBatch) -> Result<(), String>;
+    fn finish(self: Box<Self>) -> Result<(), String>;
+}
+
+/// Opens a format writer on a file.
+pub type OpenWriter =
+    dyn Fn(BufWriter<File>) -> Result<Box<dyn FormatWriter>, String> + Send + Sync;
+
+/// Output files `PATH-SSSSS-of-NNNNN` (Beam's shard naming). Batches go round-robin to shards.
+/// Files are written under a temporary name and renamed when the sink ends, so a reader never
+/// sees a partial file and a rerun replaces the output instead of appending to it.
+pub struct ShardedFiles {
+    transform: String,
+    prefix: String,
+    shards: Vec<Option<(PathBuf, Box<dyn FormatWriter>)>>,
+    next: usize,
+    open: Box<OpenWriter>,
+}
+
+impl ShardedFiles {
+    pub fn new(transform: &str, prefix: &str, num_shards: usize, open: Box<OpenWriter>) -> Self {
+        ShardedFiles {
+            transform: transform.to_string(),
+            prefix: prefix.to_string(),
+            shards: (0..num_shards.max(1)).map(|_| None).collect(),
+            next: 0,
+            open,
+        }
+    }
+
+    pub fn shard_path(prefix: &str, shard: usize, of: usize) -> PathBuf {
+        PathBuf::from(format!("{prefix}-{shard:05}-of-{of:05}"))
+    }
+
+    fn err(&self, msg: impl std::fmt::Display) -> EngineError {
+        EngineError::External {
+            transform: self.transform.clone(),
+            message: msg.to_string(),
+            source: None,
+        }
+    }
+
+    fn ensure(&mut self, shard: usize) -> Result<(), EngineError> {
+        if self.shards[shard].is_some() {
+            return Ok(());
+        }
+        let path = Self::shard_path(&self.prefix, shard, self.shards.len());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| self.err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let tmp = tmp_path(&path);
+        let file = File::create(&tmp)
+            .map_err(|e| self.err(format!("cannot create {}: {e}", tmp.display())))?;
+        let writer =
+            (self.open)(BufWriter::with_capacity(1 << 20, file)).map_err(|e| self.err(e))?;
+        self.shards[shard] = Some((path, writer));
+        Ok(())
+    }
+
+    pub fn write(&mut self, rows: &RecordBatch) -> Result<(), EngineError> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let shard = self.next;
+        self.next = (self.next + 1) % self.shards.len();
+        self.ensure(shard)?;
+        let (_, w) = self.shards[shard].as_mut().expect("ensured");
+        w.write(rows).map_err(|e| EngineError::External {
+            transform: self.transform.clone(),
+            message: e,
+            source: None,
+        })
+    }
+
+    /// Finishes every shard (empty shards become empty files) and returns the paths written.
+    pub fn finish(&mut self) -> Result<Vec<PathBuf>, EngineError> {
+        let mut written = Vec::new();
+        for shard in 0..self.shards.len() {
+            self.ensure(shard)?;
+            let (path, w) = self.shards[shard].take().expect("ensured");
+            w.finish().map_err(|e| self.err(e))?;
+            std::fs::rename(tmp_path(&path), &path)
+                .map_err(|e| self.err(format!("cannot rename to {}: {e}", path.display())))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".inprogress");
+    path.with_file_name(name)
+}

@@ -1,0 +1,168 @@
+//! `ReadFromJson` / `WriteToJson`: JSON Lines files.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::json::writer::{LineDelimited, Writer, WriterBuilder};
+use async_trait::async_trait;
+
+use super::files::{FormatWriter, LineChunks, ShardedFiles, expand, forward, report_bad};
+use crate::pipeline::operator::{
+    END_OF_TIME, EngineError, ErrorRoute, Operator, Output, Source, SourceSink, StageStats,
+};
+use crate::record::{Batch, json, schema};
+
+/// Lines sampled from the first file to infer a schema when none is declared.
+const INFER_SAMPLE: usize = 1000;
+
+pub struct ReadFromJson {
+    name: String,
+    pattern: String,
+    declared: Option<serde_json::Value>,
+    batch_size: usize,
+    errors: ErrorRoute,
+    error_ports: usize,
+}
+
+impl ReadFromJson {
+    pub fn new(
+        name: &str,
+        pattern: &str,
+        declared: Option<serde_json::Value>,
+        batch_size: usize,
+        errors: ErrorRoute,
+        ports: usize,
+    ) -> Self {
+        ReadFromJson {
+            name: name.to_string(),
+            pattern: pattern.to_string(),
+            declared,
+            batch_size,
+            errors,
+            error_ports: ports,
+        }
+    }
+
+    fn schema(&self, first: &PathBuf) -> Result<SchemaRef, EngineError> {
+        if let Some(s) = &self.declared {
+            return schema::from_json_schema(s)
+                .map_err(|e| EngineError::config(&self.name, format!("invalid `schema`: {e}")));
+        }
+        let mut chunks =
+            LineChunks::open(first, INFER_SAMPLE).map_err(|e| io_err(&self.name, first, e))?;
+        let sample = chunks
+            .next_chunk()
+            .map_err(|e| io_err(&self.name, first, e))?
+            .unwrap_or_default();
+        json::infer_schema(sample.split(|b| *b == b'\n'), INFER_SAMPLE).map_err(|e| {
+            EngineError::config(
+                &self.name,
+                format!(
+                    "cannot infer a schema from {}: {e}; declare `schema`",
+                    first.display()
+                ),
+            )
+        })
+    }
+}
+
+fn io_err(name: &str, path: &std::path::Path, e: std::io::Error) -> EngineError {
+    EngineError::external(name, format!("cannot read {}", path.display()), e)
+}
+
+#[async_trait]
+impl Source for ReadFromJson {
+    async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let paths = expand(&self.name, &self.pattern)?;
+        let schema = self.schema(&paths[0])?;
+        let mut decoder = json::JsonDecoder::new(schema)
+            .map_err(|e| EngineError::config(&self.name, e.to_string()))?;
+        let mut out = Output::new(self.error_ports);
+        for path in &paths {
+            let mut chunks =
+                LineChunks::open(path, self.batch_size).map_err(|e| io_err(&self.name, path, e))?;
+            while let Some(chunk) = chunks
+                .next_chunk()
+                .map_err(|e| io_err(&self.name, path, e))?
+            {
+                if sink.stopping() {
+                    return Ok(());
+                }
+                let (rows, bad) = decoder.decode_lines(chunk);
+                report_bad(&self.errors, &mut out, path, bad);
+                if let Some(rows) = rows {
+                    out.main(Batch::new(rows));
+                }
+                forward(&mut out, sink).await?;
+            }
+        }
+        sink.watermark(END_OF_TIME).await
+    }
+}
+
+/// Writes JSON Lines with explicit nulls, keys in schema order.
+struct JsonLines {
+    writer: Writer<BufWriter<File>, LineDelimited>,
+}
+
+impl FormatWriter for JsonLines {
+    fn write(&mut self, rows: &RecordBatch) -> Result<(), String> {
+        self.writer.write(rows).map_err(|e| e.to_string())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), String> {
+        let mut w = self.writer;
+        w.finish().map_err(|e| e.to_string())?;
+        let mut inner = w.into_inner();
+        inner.flush().map_err(|e| e.to_string())?;
+        inner.get_ref().sync_all().map_err(|e| e.to_string())
+    }
+}
+
+pub struct WriteToJson {
+    files: ShardedFiles,
+    stats: Arc<StageStats>,
+}
+
+impl WriteToJson {
+    pub fn new(name: &str, path: &str, shards: usize, stats: Arc<StageStats>) -> Self {
+        let open = Box::new(
+            |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
+                let writer = WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, LineDelimited>(w);
+                Ok(Box::new(JsonLines { writer }))
+            },
+        );
+        WriteToJson {
+            files: ShardedFiles::new(name, path, shards, open),
+            stats,
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for WriteToJson {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: Batch,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.files.write(&batch.user_rows())
+    }
+
+    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        let written = self.files.finish()?;
+        self.stats
+            .outputs
+            .lock()
+            .expect("not poisoned")
+            .extend(written.iter().map(|p| p.display().to_string()));
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! `ReadFromParquet` / `WriteToParquet`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::files::{FormatWriter, ShardedFiles, expand};
+use crate::pipeline::operator::{
+    END_OF_TIME, EngineError, Operator, Output, Source, SourceSink, StageStats,
+};
+use crate::record::Batch;
+
+pub struct ReadFromParquet {
+    pub name: String,
+    pub pattern: String,
+    pub batch_size: usize,
+}
+
+#[async_trait]
+impl Source for ReadFromParquet {
+    async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        for path in expand(&self.name, &self.pattern)? {
+            let ext = |e: &dyn std::fmt::Display| EngineError::External {
+                transform: self.name.clone(),
+                message: format!("cannot read {}: {e}", path.display()),
+                source: None,
+            };
+            let file = File::open(&path).map_err(|e| ext(&e))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| ext(&e))?
+                .with_batch_size(self.batch_size)
+                .build()
+                .map_err(|e| ext(&e))?;
+            for rows in reader {
+                if sink.stopping() {
+                    return Ok(());
+                }
+                sink.emit(0, Batch::new(rows.map_err(|e| ext(&e))?)).await?;
+            }
+        }
+        sink.watermark(END_OF_TIME).await
+    }
+}
+
+struct ParquetFile {
+    writer: Option<(arrow::datatypes::SchemaRef, ArrowWriter<BufWriter<File>>)>,
+    out: Option<BufWriter<File>>,
+}
+
+impl FormatWriter for ParquetFile {
+    fn write(&mut self, rows: &RecordBatch) -> Result<(), String> {
+        if self.writer.is_none() {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
+            let out = self.out.take().expect("writer is created once");
+            let w =
+                ArrowWriter::try_new(out, rows.schema(), Some(props)).map_err(|e| e.to_string())?;
+            self.writer = Some((rows.schema(), w));
+        }
+        let (schema, w) = self.writer.as_mut().expect("created above");
+        if schema != &rows.schema() {
+            return Err(format!(
+                "a batch's schema differs from the file's: {:?} vs {:?}",
+                rows.schema().fields(),
+                schema.fields()
+            ));
+        }
+        w.write(rows).map_err(|e| e.to_string())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), String> {
+        match (self.writer, self.out) {
+            (Some((_, w)), _) => {
+                let mut inner = w.into_inner().map_err(|e| e.to_string())?;
+                inner.flush().map_err(|e| e.to_string())?;
+                inner.get_ref().sync_all().map_err(|e| e.to_string())
+            }
+            // No rows: an empty Parquet file with no columns.
+            (None, Some(out)) => {
+                let schema = Arc::new(arrow::datatypes::Schema::empty());
+                let w = ArrowWriter::try_new(out, schema, None).map_err(|e| e.to_string())?;
+                w.close().map(|_| ()).map_err(|e| e.to_string())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+pub struct WriteToParquet {
+    files: ShardedFiles,
+    stats: Arc<StageStats>,
+}
+
+impl WriteToParquet {
+    pub fn new(name: &str, path: &str, shards: usize, stats: Arc<StageStats>) -> Self {
+        let open = Box::new(
+            |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
+                Ok(Box::new(ParquetFile {
+                    writer: None,
+                    out: Some(w),
+                }))
+            },
+        );
+        WriteToParquet {
+            files: ShardedFiles::new(name, path, shards, open),
+            stats,
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for WriteToParquet {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: Batch,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.files.write(&batch.user_rows())
+    }
+
+    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        let written = self.files.finish()?;
+        self.stats
+            .outputs
+            .lock()
+            .expect("not poisoned")
+            .extend(written.iter().map(|p| p.display().to_string()));
+        Ok(())
+    }
+}

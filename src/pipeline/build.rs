@@ -1,0 +1,222 @@
+//! Builds runnable stages from the parsed spec and the resolved graph: the one `match` from
+//! transform config to implementation.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use super::graph::Graph;
+use super::operator::{EngineError, ErrorRoute, StageStats};
+use super::runner::Stage;
+use crate::config::{PipelineSpec, TransformConfig};
+use crate::io;
+use crate::transforms;
+
+/// Rows per batch produced by sources unless `options.batch_size` says otherwise (DataFusion's
+/// default batch size: large enough to amortise per-batch overhead, small enough for caches).
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// Test-mode replacements (`sluice test`).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Transform name → rows that replace its output.
+    pub mock_outputs: Vec<(String, Vec<Value>)>,
+    /// Transforms whose input is captured instead of running them.
+    pub capture_inputs: Vec<String>,
+}
+
+/// Rows collected by a capture stage.
+pub type Captured = Arc<Mutex<Vec<arrow::array::RecordBatch>>>;
+
+/// Builds one stage per graph node.
+///
+/// # Errors
+/// A node that cannot be built (for example an invalid schema or a missing mock).
+pub fn build(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    overrides: &Overrides,
+) -> Result<(Vec<Stage>, Vec<Arc<StageStats>>, Vec<(String, Captured)>), EngineError> {
+    let batch_size = spec.options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+    let mut stages = Vec::with_capacity(graph.nodes.len());
+    let mut stats = Vec::with_capacity(graph.nodes.len());
+    let mut captures = Vec::new();
+    for node in &graph.nodes {
+        let t = &spec.transforms[node.spec];
+        let st = Arc::new(StageStats::default());
+        let errors = ErrorRoute::new(&node.name, node.error_port, st.clone());
+        let ports = node.ports.len();
+        let name = node.name.as_str();
+        if let Some((_, rows)) = overrides.mock_outputs.iter().find(|(n, _)| n == name) {
+            stages.push(Stage::Source(Box::new(transforms::create::Create::new(
+                name, rows,
+            ))));
+            stats.push(st);
+            continue;
+        }
+        if overrides.capture_inputs.iter().any(|n| n == name)
+            || matches!(t.config, TransformConfig::Capture)
+        {
+            let cap: Captured = Arc::default();
+            captures.push((name.to_string(), cap.clone()));
+            stages.push(Stage::Operator(Box::new(Capture(cap))));
+            stats.push(st);
+            continue;
+        }
+        let stage = match &t.config {
+            TransformConfig::Create { elements } => {
+                Stage::Source(Box::new(transforms::create::Create::new(name, elements)))
+            }
+            TransformConfig::ReadFromJson { path, schema } => {
+                Stage::Source(Box::new(io::json::ReadFromJson::new(
+                    name,
+                    &path.value,
+                    schema.clone(),
+                    batch_size,
+                    errors,
+                    ports,
+                )))
+            }
+            TransformConfig::ReadFromCsv {
+                path,
+                delimiter,
+                schema,
+            } => Stage::Source(Box::new(io::csv::ReadFromCsv {
+                name: name.to_string(),
+                pattern: path.value.clone(),
+                delimiter: *delimiter,
+                declared: schema.clone(),
+                batch_size,
+                errors,
+                ports,
+            })),
+            TransformConfig::ReadFromParquet { path } => {
+                Stage::Source(Box::new(io::parquet::ReadFromParquet {
+                    name: name.to_string(),
+                    pattern: path.value.clone(),
+                    batch_size,
+                }))
+            }
+            TransformConfig::WriteToJson(s) => Stage::Operator(Box::new(
+                io::json::WriteToJson::new(name, &s.path.value, s.num_shards, st.clone()),
+            )),
+            TransformConfig::WriteToCsv { sink, delimiter } => {
+                Stage::Operator(Box::new(io::csv::WriteToCsv::new(
+                    name,
+                    &sink.path.value,
+                    sink.num_shards,
+                    *delimiter,
+                    st.clone(),
+                )))
+            }
+            TransformConfig::WriteToParquet(s) => Stage::Operator(Box::new(
+                io::parquet::WriteToParquet::new(name, &s.path.value, s.num_shards, st.clone()),
+            )),
+            TransformConfig::LogForTesting { prefix, level } => {
+                Stage::Operator(Box::new(transforms::log::LogForTesting {
+                    name: name.to_string(),
+                    prefix: prefix.clone(),
+                    level: transforms::log::LogForTesting::level(level),
+                }))
+            }
+            TransformConfig::AssertEqual { elements } => Stage::Operator(Box::new(
+                transforms::assert_equal::AssertEqual::new(name, elements.clone()),
+            )),
+            TransformConfig::MapToFields {
+                fields,
+                append,
+                drop,
+            } => Stage::Operator(Box::new(transforms::map_to_fields::MapToFields::new(
+                fields
+                    .iter()
+                    .map(|(n, e)| (n.value.clone(), e.clone()))
+                    .collect(),
+                *append,
+                drop.iter().map(|d| d.value.clone()).collect(),
+                errors,
+            ))),
+            TransformConfig::Filter { keep } => Stage::Operator(Box::new(
+                transforms::filter::Filter::new(keep.clone(), errors),
+            )),
+            TransformConfig::Explode {
+                fields,
+                cross_product,
+            } => Stage::Operator(Box::new(transforms::explode::Explode::new(
+                fields.iter().map(|f| f.value.clone()).collect(),
+                *cross_product,
+                errors,
+            ))),
+            TransformConfig::Flatten => Stage::Operator(Box::new(transforms::flatten::Flatten)),
+            TransformConfig::Partition {
+                by,
+                outputs,
+                unknown_output,
+            } => {
+                let outs = outputs
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.value.clone(),
+                            node.port(&o.value).expect("graph declared the port"),
+                        )
+                    })
+                    .collect();
+                let unknown = unknown_output.as_ref().and_then(|u| node.port(&u.value));
+                Stage::Operator(Box::new(transforms::partition::Partition::new(
+                    by.clone(),
+                    outs,
+                    unknown,
+                    errors,
+                )))
+            }
+            TransformConfig::ValidateWithSchema { schema, .. } => Stage::Operator(Box::new(
+                transforms::validate_schema::ValidateWithSchema::new(schema, errors)
+                    .map_err(|e| EngineError::config(name, e))?,
+            )),
+            TransformConfig::StripErrorMetadata => {
+                Stage::Operator(Box::new(transforms::strip_errors::StripErrorMetadata {
+                    errors,
+                }))
+            }
+            TransformConfig::AssignTimestamps { .. }
+            | TransformConfig::WindowInto { .. }
+            | TransformConfig::Combine { .. }
+            | TransformConfig::ExtractWindowingInfo { .. }
+            | TransformConfig::Sql { .. } => {
+                return Err(EngineError::config(
+                    name,
+                    format!("`{}` is not available in this build yet", t.type_name),
+                ));
+            }
+            TransformConfig::Unsupported { reason } => {
+                return Err(EngineError::config(name, reason.clone()));
+            }
+            TransformConfig::Capture => unreachable!("handled above"),
+            TransformConfig::Invalid => {
+                return Err(EngineError::config(
+                    name,
+                    "invalid transform (run `sluice validate`)",
+                ));
+            }
+        };
+        stages.push(stage);
+        stats.push(st);
+    }
+    Ok((stages, stats, captures))
+}
+
+/// Test stage that records what reaches it.
+struct Capture(Captured);
+
+#[async_trait::async_trait]
+impl super::operator::Operator for Capture {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: crate::record::Batch,
+        _out: &mut super::operator::Output,
+    ) -> Result<(), EngineError> {
+        self.0.lock().expect("not poisoned").push(batch.rows);
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+//! The engine: the resolved graph, operators, and the runner that connects them with bounded
+//! channels.
+
+pub mod build;
+pub mod check;
+pub mod graph;
+pub mod operator;
+pub mod runner;
+
+pub use graph::{Graph, Node};
+pub use operator::{END_OF_TIME, EngineError, EventTime, Operator, Output, Source, SourceSink};
+
+use crate::config::PipelineSpec;
+use crate::config::diag::{Diagnostics, Reporter};
+
+/// Resolves and checks `spec`: the graph if it is valid, else every problem found.
+///
+/// # Errors
+/// All diagnostics, each with position and hint.
+pub fn validate(spec: &PipelineSpec) -> Result<Graph, Diagnostics> {
+    let mut rep = Reporter::new(spec.file.clone());
+    let graph = Graph::build(spec, &mut rep);
+    check::check_expressions(spec, &mut rep);
+    rep.finish(graph)
+}
+
+/// Builds and runs a validated pipeline.
+///
+/// # Errors
+/// The first stage failure.
+pub async fn execute(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    overrides: &build::Overrides,
+    control: runner::RunControl,
+) -> Result<(runner::RunReport, Vec<(String, build::Captured)>), EngineError> {
+    let (stages, stats, captures) = build::build(spec, graph, overrides)?;
+    let report = runner::run(graph, stages, stats, control).await?;
+    Ok((report, captures))
+}

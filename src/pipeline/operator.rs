@@ -1,0 +1,257 @@
+//! The operator contract: what a transform, source or sink implements, and the [`Output`] it
+//! emits into.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+
+use crate::record::Batch;
+
+/// Event time in milliseconds since the epoch; `i64::MAX` is the end of time.
+pub type EventTime = i64;
+pub const END_OF_TIME: EventTime = i64::MAX;
+
+/// Errors that stop a pipeline (bad data never does: it goes to the error output).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A problem in the pipeline definition found only at run time (the user's to fix).
+    #[error("{transform}: {message}")]
+    Config { transform: String, message: String },
+    /// An external system failed and retries were exhausted.
+    #[error("{transform}: {message}")]
+    External {
+        transform: String,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A bug in Sluice.
+    #[error("internal error in {transform}: {message}")]
+    Internal { transform: String, message: String },
+    /// `AssertEqual` or a test expectation did not hold.
+    #[error("{transform}: assertion failed: {message}")]
+    Assertion { transform: String, message: String },
+}
+
+impl EngineError {
+    pub fn external(
+        transform: &str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        EngineError::External {
+            transform: transform.to_string(),
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn internal(transform: &str, message: impl Into<String>) -> Self {
+        EngineError::Internal {
+            transform: transform.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn config(transform: &str, message: impl Into<String>) -> Self {
+        EngineError::Config {
+            transform: transform.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EngineError::External { .. })
+    }
+}
+
+/// Where an operator puts what it produces: one list of batches per output port.
+///
+/// Port 0 is the main output; the others are named (error output, `Partition` outputs) and
+/// their indices are handed to the operator when it is built.
+#[derive(Debug, Default)]
+pub struct Output {
+    ports: Vec<Vec<Batch>>,
+}
+
+impl Output {
+    pub fn new(ports: usize) -> Self {
+        Output {
+            ports: (0..ports).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Emits `batch` on `port`; empty batches are dropped.
+    pub fn emit(&mut self, port: usize, batch: Batch) {
+        if batch.num_rows() > 0 {
+            if let Some(p) = self.ports.get_mut(port) {
+                p.push(batch);
+            }
+        }
+    }
+
+    pub fn main(&mut self, batch: Batch) {
+        self.emit(0, batch);
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = (usize, Batch)> + '_ {
+        self.ports
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, p)| p.drain(..).map(move |b| (i, b)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.iter().all(Vec::is_empty)
+    }
+}
+
+/// A stage of the graph that consumes batches: a transform or a sink.
+///
+/// Calls for one operator are never concurrent. Watermarks arrive as the minimum over all inputs;
+/// `on_end` is called once after every input ended.
+#[async_trait]
+pub trait Operator: Send {
+    /// Processes one batch that arrived on input `input`.
+    async fn process(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        out: &mut Output,
+    ) -> Result<(), EngineError>;
+
+    /// The input watermark advanced to `watermark` (windows may fire).
+    async fn on_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Every input ended: flush what is buffered.
+    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The watermark to forward downstream for input watermark `input_wm` (operators that hold
+    /// back output, like windowed aggregations, may lower it).
+    fn output_watermark(&self, input_wm: EventTime) -> EventTime {
+        input_wm
+    }
+}
+
+/// Where a source puts what it reads.
+#[async_trait]
+pub trait SourceSink: Send {
+    /// Sends `batch` downstream on `port`, waiting while consumers are full (backpressure).
+    async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError>;
+    /// Advances the source's watermark.
+    async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError>;
+    /// True once a stop was requested (SIGINT/SIGTERM): read no more and return.
+    fn stopping(&self) -> bool;
+}
+
+/// A stage with no inputs.
+#[async_trait]
+pub trait Source: Send {
+    /// Reads until the input ends or a stop is requested. Bounded sources end with watermark +∞.
+    async fn run(&mut self, out: &mut dyn SourceSink) -> Result<(), EngineError>;
+}
+
+/// Per-stage counters, shared with the run summary and (later) `/metrics`.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    pub rows_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub batches_in: AtomicU64,
+    pub errors: AtomicU64,
+    /// Errors without a declared error output: counted, and a few kept as examples.
+    pub unhandled_examples: Mutex<Vec<String>>,
+    /// Where a sink wrote (file paths, tables), for the run summary.
+    pub outputs: Mutex<Vec<String>>,
+}
+
+impl StageStats {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// How many examples of unhandled errors a stage keeps for the end-of-run report.
+const EXAMPLES_KEPT: usize = 5;
+
+/// Builds error records (`element`, `msg`, `transform`) and routes them to the error output, or
+/// counts them when the transform declared none.
+#[derive(Debug, Clone)]
+pub struct ErrorRoute {
+    transform: Arc<str>,
+    port: Option<usize>,
+    stats: Arc<StageStats>,
+}
+
+impl ErrorRoute {
+    pub fn new(transform: &str, port: Option<usize>, stats: Arc<StageStats>) -> Self {
+        ErrorRoute {
+            transform: transform.into(),
+            port,
+            stats,
+        }
+    }
+
+    pub fn transform(&self) -> &str {
+        &self.transform
+    }
+
+    /// The schema of error records.
+    pub fn schema() -> SchemaRef {
+        static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+        SCHEMA
+            .get_or_init(|| {
+                Arc::new(Schema::new(vec![
+                    Field::new("element", DataType::Utf8, false),
+                    Field::new("msg", DataType::Utf8, false),
+                    Field::new("transform", DataType::Utf8, false),
+                ]))
+            })
+            .clone()
+    }
+
+    /// Reports `(payload, message)` failures.
+    pub fn report(&self, out: &mut Output, failures: Vec<(String, String)>) {
+        if failures.is_empty() {
+            return;
+        }
+        StageStats::add(&self.stats.errors, failures.len());
+        match self.port {
+            Some(port) => {
+                let n = failures.len();
+                let (elements, msgs): (Vec<String>, Vec<String>) = failures.into_iter().unzip();
+                let transform = StringArray::from(vec![self.transform.as_ref(); n]);
+                let rows = RecordBatch::try_new(
+                    Self::schema(),
+                    vec![
+                        Arc::new(StringArray::from(elements)),
+                        Arc::new(StringArray::from(msgs)),
+                        Arc::new(transform),
+                    ],
+                )
+                .expect("columns match the error schema");
+                out.emit(port, Batch::new(rows));
+            }
+            None => {
+                let mut ex = self.stats.unhandled_examples.lock().expect("not poisoned");
+                for (payload, msg) in failures {
+                    if ex.len() >= EXAMPLES_KEPT {
+                        break;
+                    }
+                    ex.push(format!("{msg}: {payload}"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Runs a built graph: one tokio task per stage, bounded channels between them.
+//!
+//! Each stage has one inbox; every upstream port holds a sender to it tagged with the input
+//! index. A full inbox makes the upstream `send` wait, which is how backpressure reaches the
+//! sources. Watermarks flow in-band and a stage forwards the minimum over its inputs; `End`
+//! arrives once per input, and a stage ends after all its inputs did.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::graph::Graph;
+use super::operator::{EngineError, EventTime, Operator, Output, Source, SourceSink, StageStats};
+use crate::record::Batch;
+
+/// Batches buffered per stage inbox. Small: a batch holds thousands of rows, and a short queue
+/// bounds memory at about (stages × capacity × batch size) while still overlapping stages.
+pub const INBOX_CAPACITY: usize = 4;
+
+#[derive(Debug)]
+enum Msg {
+    Batch(Batch),
+    Watermark(EventTime),
+    End,
+}
+
+#[derive(Debug)]
+struct Envelope {
+    input: usize,
+    msg: Msg,
+}
+
+/// A runnable stage.
+pub enum Stage {
+    Source(Box<dyn Source>),
+    Operator(Box<dyn Operator>),
+}
+
+/// Senders for each output port of one stage.
+#[derive(Clone, Default)]
+struct Fanout {
+    ports: Vec<Vec<(mpsc::Sender<Envelope>, usize)>>,
+}
+
+impl Fanout {
+    async fn send(&self, port: usize, batch: Batch) {
+        let Some(targets) = self.ports.get(port) else {
+            return;
+        };
+        for (tx, input) in targets {
+            // A closed inbox means that consumer already failed; the run is ending anyway.
+            let _ = tx
+                .send(Envelope {
+                    input: *input,
+                    msg: Msg::Batch(batch.clone()),
+                })
+                .await;
+        }
+    }
+
+    async fn broadcast(&self, make: impl Fn() -> Msg) {
+        for targets in &self.ports {
+            for (tx, input) in targets {
+                let _ = tx
+                    .send(Envelope {
+                        input: *input,
+                        msg: make(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    async fn flush(&self, out: &mut Output, stats: &StageStats) {
+        let batches: Vec<(usize, Batch)> = out.drain().collect();
+        for (port, batch) in batches {
+            if port == 0 {
+                StageStats::add(&stats.rows_out, batch.num_rows());
+            }
+            self.send(port, batch).await;
+        }
+    }
+}
+
+/// What a finished run reports.
+pub struct RunReport {
+    pub stats: Vec<(String, Arc<StageStats>)>,
+}
+
+/// Controls for a run: a stop request (SIGINT/SIGTERM) that sources observe.
+#[derive(Clone)]
+pub struct RunControl {
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Runs every stage of `graph` to completion.
+///
+/// # Errors
+/// The first error any stage returned; the other stages are cancelled.
+pub async fn run(
+    graph: &Graph,
+    stages: Vec<Stage>,
+    stats: Vec<Arc<StageStats>>,
+    control: RunControl,
+) -> Result<RunReport, EngineError> {
+    let n = graph.nodes.len();
+    let mut inboxes: Vec<Option<mpsc::Receiver<Envelope>>> = Vec::with_capacity(n);
+    let mut senders: Vec<Option<mpsc::Sender<Envelope>>> = Vec::with_capacity(n);
+    for node in &graph.nodes {
+        if node.inputs.is_empty() {
+            inboxes.push(None);
+            senders.push(None);
+        } else {
+            let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+            inboxes.push(Some(rx));
+            senders.push(Some(tx));
+        }
+    }
+    let mut fanouts: Vec<Fanout> = graph
+        .nodes
+        .iter()
+        .map(|node| Fanout {
+            ports: vec![Vec::new(); node.ports.len()],
+        })
+        .collect();
+    for (to, node) in graph.nodes.iter().enumerate() {
+        for (input, e) in node.inputs.iter().enumerate() {
+            let tx = senders[to]
+                .clone()
+                .expect("a node with inputs has an inbox");
+            fanouts[e.from].ports[e.port].push((tx, input));
+        }
+    }
+    drop(senders);
+
+    let mut tasks = JoinSet::new();
+    for (i, ((stage, inbox), fanout)) in stages.into_iter().zip(inboxes).zip(fanouts).enumerate() {
+        let name = graph.nodes[i].name.clone();
+        let st = stats[i].clone();
+        let inputs = graph.nodes[i].inputs.len();
+        let ports = graph.nodes[i].ports.len();
+        let control = control.clone();
+        match stage {
+            Stage::Source(src) => {
+                tasks.spawn(run_source(src, fanout, st, control));
+            }
+            Stage::Operator(op) => {
+                let inbox = inbox.expect("operators have inputs");
+                tasks.spawn(run_operator(name, op, inbox, inputs, ports, fanout, st));
+            }
+        }
+    }
+    while let Some(res) = tasks.join_next().await {
+        let res = res.unwrap_or_else(|e| {
+            Err(EngineError::internal(
+                "runner",
+                format!("a stage panicked: {e}"),
+            ))
+        });
+        if let Err(e) = res {
+            tasks.abort_all();
+            return Err(e);
+        }
+    }
+    Ok(RunReport {
+        stats: graph
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .zip(stats)
+            .collect(),
+    })
+}
+
+struct SourceOut {
+    fanout: Fanout,
+    stats: Arc<StageStats>,
+    control: RunControl,
+    watermark: EventTime,
+}
+
+#[async_trait]
+impl SourceSink for SourceOut {
+    async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError> {
+        if port == 0 {
+            StageStats::add(&self.stats.rows_out, batch.num_rows());
+        }
+        self.fanout.send(port, batch).await;
+        Ok(())
+    }
+
+    async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError> {
+        if wm > self.watermark {
+            self.watermark = wm;
+            self.fanout.broadcast(|| Msg::Watermark(wm)).await;
+        }
+        Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        *self.control.stop.borrow()
+    }
+}
+
+async fn run_source(
+    mut src: Box<dyn Source>,
+    fanout: Fanout,
+    stats: Arc<StageStats>,
+    control: RunControl,
+) -> Result<(), EngineError> {
+    let mut out = SourceOut {
+        fanout,
+        stats,
+        control,
+        watermark: EventTime::MIN,
+    };
+    src.run(&mut out).await?;
+    out.fanout.broadcast(|| Msg::End).await;
+    Ok(())
+}
+
+async fn run_operator(
+    name: String,
+    mut op: Box<dyn Operator>,
+    mut inbox: mpsc::Receiver<Envelope>,
+    inputs: usize,
+    ports: usize,
+    fanout: Fanout,
+    stats: Arc<StageStats>,
+) -> Result<(), EngineError> {
+    let mut out = Output::new(ports);
+    let mut input_wm = vec![EventTime::MIN; inputs];
+    let mut current = EventTime::MIN;
+    let mut forwarded = EventTime::MIN;
+    let mut ended = 0;
+    while let Some(env) = inbox.recv().await {
+        match env.msg {
+            Msg::Batch(batch) => {
+                StageStats::add(&stats.rows_in, batch.num_rows());
+                StageStats::add(&stats.batches_in, 1);
+                op.process(env.input, batch, &mut out).await?;
+                fanout.flush(&mut out, &stats).await;
+            }
+            Msg::Watermark(wm) => {
+                input_wm[env.input] = input_wm[env.input].max(wm);
+                let min = input_wm.iter().copied().min().unwrap_or(wm);
+                if min > current {
+                    current = min;
+                    op.on_watermark(min, &mut out).await?;
+                    fanout.flush(&mut out, &stats).await;
+                    let next = op.output_watermark(min);
+                    if next > forwarded {
+                        forwarded = next;
+                        fanout.broadcast(|| Msg::Watermark(next)).await;
+                    }
+                }
+            }
+            Msg::End => {
+                ended += 1;
+                if ended == inputs {
+                    break;
+                }
+            }
+        }
+    }
+    if ended < inputs {
+        return Err(EngineError::internal(
+            &name,
+            "an input closed without ending",
+        ));
+    }
+    op.on_end(&mut out).await?;
+    fanout.flush(&mut out, &stats).await;
+    fanout.broadcast(|| Msg::End).await;
+    Ok(())
+}

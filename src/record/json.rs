@@ -1,0 +1,266 @@
+//! JSON Lines ↔ Arrow with per-line error isolation.
+//!
+//! The fast path hands a whole chunk of lines to arrow-json's tape decoder (vectorised, no
+//! per-row allocation). Only when that fails is the chunk decoded line by line, to find exactly
+//! which lines are bad; those go to the error output with their payload and the good lines are
+//! decoded together as usual. So a mostly-clean stream pays nothing for error handling.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
+
+/// A record that could not be decoded: the original payload and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    pub payload: String,
+    pub error: String,
+}
+
+/// Rows the decoder buffers before it must be flushed; chunks larger than this are decoded in
+/// several flushes and concatenated. (arrow-json preallocates its tape from this number.)
+const DECODER_ROWS: usize = 8192;
+
+/// Decodes newline-delimited JSON objects into batches of a fixed schema.
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    decoder: Decoder,
+}
+
+impl JsonDecoder {
+    /// # Errors
+    /// When arrow-json cannot decode into `schema` (an unsupported type).
+    pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
+        let decoder = Self::build(&schema)?;
+        Ok(JsonDecoder { schema, decoder })
+    }
+
+    fn build(schema: &SchemaRef) -> Result<Decoder, ArrowError> {
+        ReaderBuilder::new(schema.clone())
+            .with_batch_size(DECODER_ROWS)
+            .with_coerce_primitive(false)
+            .build_decoder()
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `chunk`, a run of complete lines. Blank lines are skipped.
+    pub fn decode_lines(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+        match self.try_decode(chunk) {
+            Ok(batch) => (batch, Vec::new()),
+            Err(_) => self.decode_isolating(chunk),
+        }
+    }
+
+    fn try_decode(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        while offset < chunk.len() {
+            let read = self.decoder.decode(&chunk[offset..])?;
+            offset += read;
+            if read == 0 || self.decoder.len() >= DECODER_ROWS {
+                // The decoder is full: flush what it holds and go on.
+                match self.decoder.flush()? {
+                    Some(b) => parts.push(b),
+                    None if read == 0 => {
+                        return Err(ArrowError::JsonError("decoder made no progress".into()));
+                    }
+                    None => {}
+                }
+            }
+        }
+        if self.decoder.has_partial_record() {
+            return Err(ArrowError::JsonError("truncated JSON record".into()));
+        }
+        parts.extend(self.decoder.flush()?);
+        match parts.len() {
+            0 => Ok(None),
+            1 => Ok(parts.pop()),
+            _ => arrow::compute::concat_batches(&self.schema, &parts).map(Some),
+        }
+    }
+
+    fn decode_isolating(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+        // The shared decoder may hold a partial tape after the failure: start afresh.
+        self.decoder = Self::build(&self.schema).expect("schema was accepted before");
+        let mut good = Vec::with_capacity(chunk.len());
+        let mut bad = Vec::new();
+        for line in chunk.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match self.check_line(line) {
+                Ok(()) => {
+                    good.extend_from_slice(line);
+                    good.push(b'\n');
+                }
+                Err(e) => bad.push(BadRecord {
+                    payload: String::from_utf8_lossy(line).trim_end().to_string(),
+                    error: e,
+                }),
+            }
+        }
+        let batch = match self.try_decode(&good) {
+            Ok(b) => b,
+            Err(e) => {
+                // Each line decoded alone; failing together would be an arrow-json bug. Keep the
+                // data rather than lose it: report every line of the chunk as bad.
+                bad.extend(
+                    good.split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(|l| BadRecord {
+                            payload: String::from_utf8_lossy(l).into_owned(),
+                            error: e.to_string(),
+                        }),
+                );
+                self.decoder = Self::build(&self.schema).expect("schema was accepted before");
+                None
+            }
+        };
+        (batch, bad)
+    }
+
+    fn check_line(&self, line: &[u8]) -> Result<(), String> {
+        if std::str::from_utf8(line).is_err() {
+            return Err("invalid UTF-8".into());
+        }
+        let mut one = Self::build(&self.schema).map_err(|e| e.to_string())?;
+        let read = one.decode(line).map_err(clean)?;
+        if read < line.len() && !line[read..].iter().all(u8::is_ascii_whitespace) {
+            return Err("more than one JSON value on the line".into());
+        }
+        if one.has_partial_record() {
+            return Err("truncated JSON record".into());
+        }
+        match one.flush().map_err(clean)? {
+            Some(b) if b.num_rows() == 1 => Ok(()),
+            _ => Err("expected one JSON object".into()),
+        }
+    }
+}
+
+fn clean(e: ArrowError) -> String {
+    match e {
+        ArrowError::JsonError(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// Infers a schema from sample lines, skipping lines that are not JSON objects.
+///
+/// # Errors
+/// When the sample values have irreconcilable types.
+pub fn infer_schema<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    limit: usize,
+) -> Result<SchemaRef, ArrowError> {
+    let values: Vec<serde_json::Value> = lines
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .filter(|v| v.is_object())
+        .take(limit)
+        .collect();
+    infer_from_values(&values)
+}
+
+/// Infers a schema from JSON objects.
+///
+/// # Errors
+/// When the values have irreconcilable types.
+pub fn infer_from_values(values: &[serde_json::Value]) -> Result<SchemaRef, ArrowError> {
+    let schema = infer_json_schema_from_iterator(values.iter().map(Ok))?;
+    Ok(Arc::new(schema))
+}
+
+/// Builds a batch from JSON objects (`Create`, test inputs), inferring the schema unless given.
+///
+/// # Errors
+/// When the values do not fit the schema.
+pub fn batch_from_values(
+    values: &[serde_json::Value],
+    schema: Option<SchemaRef>,
+) -> Result<RecordBatch, ArrowError> {
+    let schema = match schema {
+        Some(s) => s,
+        None => infer_from_values(values)?,
+    };
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_batch_size(values.len().max(1))
+        .build_decoder()?;
+    decoder.serialize(values)?;
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+/// An empty schema (a source that saw no data).
+pub fn empty_schema() -> SchemaRef {
+    Arc::new(Schema::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::{DataType, Field};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    #[test]
+    fn clean_chunk_decodes_in_one_batch() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let (batch, bad) = d.decode_lines(b"{\"id\":1,\"name\":\"a\"}\n{\"id\":2}\n");
+        let batch = batch.unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.column(1).null_count(), 1);
+    }
+
+    #[test]
+    fn chunks_larger_than_the_decoder_lose_nothing() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let n = DECODER_ROWS * 2 + 17;
+        let text: String = (0..n).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+        let (batch, bad) = d.decode_lines(text.as_bytes());
+        assert!(bad.is_empty());
+        let batch = batch.unwrap();
+        assert_eq!(batch.num_rows(), n);
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.value(n - 1), (n - 1) as i64);
+    }
+
+    #[test]
+    fn bad_lines_are_isolated_and_good_lines_kept() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let input = b"{\"id\":1}\n{not json\n{\"id\":\"x\"}\n\n{\"name\":\"no id\"}\n{\"id\":5}\n";
+        let (batch, bad) = d.decode_lines(input);
+        let batch = batch.unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[1, 5]);
+        let payloads: Vec<&str> = bad.iter().map(|b| b.payload.as_str()).collect();
+        assert_eq!(
+            payloads,
+            vec!["{not json", "{\"id\":\"x\"}", "{\"name\":\"no id\"}"]
+        );
+        // The decoder is usable again afterwards.
+        let (again, bad) = d.decode_lines(b"{\"id\":7}\n");
+        assert!(bad.is_empty());
+        assert_eq!(again.unwrap().num_rows(), 1);
+    }
+}

@@ -1,0 +1,9 @@
+//! Records: the [`Batch`] that flows between transforms, Sluice's hidden metadata columns, and
+//! conversions between JSON and Arrow.
+
+mod batch;
+pub mod json;
+pub mod rows;
+pub mod schema;
+
+pub use batch::{Batch, meta};

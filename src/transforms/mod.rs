@@ -1,0 +1,57 @@
+//! Element-wise and testing transforms, one per file.
+
+pub mod assert_equal;
+pub mod create;
+pub mod explode;
+pub mod filter;
+pub mod flatten;
+pub mod log;
+pub mod map_to_fields;
+pub mod partition;
+pub mod strip_errors;
+pub mod validate_schema;
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+
+use crate::config::ExprSpec;
+use crate::expr::{self, Compiled};
+
+/// Expressions compiled for the schema of the last batch seen; recompiled when it changes (a
+/// source with an inferred schema may change it between files).
+pub struct CompiledFor {
+    specs: Vec<ExprSpec>,
+    schema: Option<SchemaRef>,
+    compiled: Vec<Compiled>,
+}
+
+impl CompiledFor {
+    pub fn new(specs: Vec<ExprSpec>) -> Self {
+        CompiledFor {
+            specs,
+            schema: None,
+            compiled: Vec::new(),
+        }
+    }
+
+    /// The compiled expressions for `schema`.
+    ///
+    /// # Errors
+    /// The first expression that does not compile against `schema`.
+    pub fn get(&mut self, schema: &SchemaRef) -> Result<&[Compiled], String> {
+        let same = self
+            .schema
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, schema) || s == schema);
+        if !same {
+            self.compiled = self
+                .specs
+                .iter()
+                .map(|s| expr::compile(s, schema))
+                .collect::<Result<_, _>>()?;
+            self.schema = Some(schema.clone());
+        }
+        Ok(&self.compiled)
+    }
+}
