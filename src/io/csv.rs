@@ -96,7 +96,11 @@ impl ReadFromCsv {
                 )),
             }
         }
-        self.errors.report(out, failures);
+        self.errors.report(
+            out,
+            &Batch::new(RecordBatch::new_empty(ErrorRoute::schema())),
+            failures,
+        );
         concat(good).map(Some)
     }
 }

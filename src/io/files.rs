@@ -105,7 +105,11 @@ pub fn report_bad(
         .into_iter()
         .map(|b| (b.payload, format!("{}: {}", path.display(), b.error)))
         .collect();
-    errors.report(out, failures);
+    errors.report(
+        out,
+        &Batch::new(arrow::array::RecordBatch::new_empty(ErrorRoute::schema())),
+        failures,
+    );
 }
 
 /// A format that writes batches to one file.

@@ -221,8 +221,9 @@ impl ErrorRoute {
             .clone()
     }
 
-    /// Reports `(payload, message)` failures.
-    pub fn report(&self, out: &mut Output, failures: Vec<(String, String)>) {
+    /// Reports `(payload, message)` failures of rows of `origin` (whose acknowledgement holds
+    /// the error records carry: input is acknowledged only once its dead letters are written).
+    pub fn report(&self, out: &mut Output, origin: &Batch, failures: Vec<(String, String)>) {
         if failures.is_empty() {
             return;
         }
@@ -241,7 +242,7 @@ impl ErrorRoute {
                     ],
                 )
                 .expect("columns match the error schema");
-                out.emit(port, Batch::new(rows));
+                out.emit(port, origin.derive(rows));
             }
             None => {
                 let mut ex = self.stats.unhandled_examples.lock().expect("not poisoned");

@@ -30,15 +30,57 @@ pub mod meta {
     }
 }
 
+/// A hold on source input that is not yet fully processed. Sources (Pub/Sub) put an object here
+/// whose `Drop` acknowledges the messages; every batch derived from that input carries a clone,
+/// so the messages are acknowledged only when the last derived batch was written by its sink
+/// (which drops it after the durable write) or filtered away.
+pub type AckToken = Arc<dyn std::any::Any + Send + Sync>;
+
 /// The unit of data between transforms.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Batch {
     pub rows: RecordBatch,
+    /// Holds on the source input this batch derives from; see [`AckToken`].
+    pub acks: Vec<AckToken>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("rows", &self.rows.num_rows())
+            .field("acks", &self.acks.len())
+            .finish()
+    }
 }
 
 impl Batch {
+    /// A batch with no acknowledgement holds (file sources, `Create`).
     pub fn new(rows: RecordBatch) -> Self {
-        Batch { rows }
+        Batch {
+            rows,
+            acks: Vec::new(),
+        }
+    }
+
+    /// A batch computed from this one: it carries the same acknowledgement holds. Every operator
+    /// output must be made with `derive` (or [`Batch::merged`]) so that no input is acknowledged
+    /// before what was derived from it is written.
+    pub fn derive(&self, rows: RecordBatch) -> Batch {
+        Batch {
+            rows,
+            acks: self.acks.clone(),
+        }
+    }
+
+    /// A batch computed from several (an aggregation's pane): the union of their holds.
+    pub fn merged(rows: RecordBatch, acks: impl IntoIterator<Item = AckToken>) -> Batch {
+        let mut all: Vec<AckToken> = Vec::new();
+        for a in acks {
+            if !all.iter().any(|b| Arc::ptr_eq(b, &a)) {
+                all.push(a);
+            }
+        }
+        Batch { rows, acks: all }
     }
 
     pub fn num_rows(&self) -> usize {

@@ -139,7 +139,7 @@ impl Operator for Explode {
         }
         let internal = |e: arrow::error::ArrowError| EngineError::internal(&name, e.to_string());
         let rows = if self.cross_product {
-            let mut rows = batch.rows;
+            let mut rows = batch.rows.clone();
             for &i in &idx {
                 rows = explode_zip(&rows, &[i]).map_err(internal)?;
             }
@@ -147,7 +147,7 @@ impl Operator for Explode {
         } else {
             explode_zip(&batch.rows, &idx).map_err(internal)?
         };
-        out.main(Batch::new(rows));
+        out.main(batch.derive(rows));
         Ok(())
     }
 }

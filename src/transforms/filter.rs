@@ -43,7 +43,7 @@ impl Operator for Filter {
             .iter()
             .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
             .collect();
-        self.errors.report(out, failures);
+        self.errors.report(out, &batch, failures);
         let Some(mask) = evaluated.values[0].as_any().downcast_ref::<BooleanArray>() else {
             if evaluated.rows.num_rows() == 0 {
                 return Ok(());
@@ -58,7 +58,7 @@ impl Operator for Filter {
         };
         let kept = filter_record_batch(&evaluated.rows, mask)
             .map_err(|e| EngineError::internal(&name, e.to_string()))?;
-        out.main(Batch::new(kept));
+        out.main(batch.derive(kept));
         Ok(())
     }
 }

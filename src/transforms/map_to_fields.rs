@@ -59,7 +59,7 @@ impl Operator for MapToFields {
                 .iter()
                 .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
                 .collect();
-            self.errors.report(out, failures);
+            self.errors.report(out, &batch, failures);
         }
         let input = &evaluated.rows;
         let mut fields: Vec<Arc<Field>> = Vec::new();
@@ -82,7 +82,7 @@ impl Operator for MapToFields {
             &RecordBatchOptions::new().with_row_count(Some(input.num_rows())),
         )
         .map_err(|e| EngineError::internal(self.errors.transform(), e.to_string()))?;
-        out.main(Batch::new(rows));
+        out.main(batch.derive(rows));
         Ok(())
     }
 }

@@ -58,7 +58,7 @@ impl Operator for Partition {
             .iter()
             .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
             .collect();
-        self.errors.report(out, failures);
+        self.errors.report(out, &batch, failures);
         let input = &evaluated.rows;
         let keys = cast(&evaluated.values[0], &DataType::Utf8).map_err(internal)?;
         let keys = keys
@@ -73,7 +73,7 @@ impl Operator for Partition {
             matched = or(&matched, &mask).map_err(internal)?;
             out.emit(
                 *port,
-                Batch::new(filter_record_batch(input, &mask).map_err(internal)?),
+                batch.derive(filter_record_batch(input, &mask).map_err(internal)?),
             );
         }
         let unmatched = and_not(&BooleanArray::from(vec![true; input.num_rows()]), &matched)
@@ -83,7 +83,7 @@ impl Operator for Partition {
         }
         let rest = filter_record_batch(input, &unmatched).map_err(internal)?;
         match self.unknown_port {
-            Some(port) => out.emit(port, Batch::new(rest)),
+            Some(port) => out.emit(port, batch.derive(rest)),
             None => {
                 let rest_keys = arrow::compute::filter(keys, &unmatched).map_err(internal)?;
                 let rest_keys = rest_keys
@@ -97,7 +97,7 @@ impl Operator for Partition {
                         (rows::row_json(&rest, i), format!("partition key {key} is not one of the outputs [{}] and no `unknown_output` is declared", names.join(", ")))
                     })
                     .collect();
-                self.errors.report(out, failures);
+                self.errors.report(out, &batch, failures);
             }
         }
         Ok(())

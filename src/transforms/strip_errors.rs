@@ -40,7 +40,7 @@ impl Operator for StripErrorMetadata {
             .map_err(|e| EngineError::internal(self.errors.transform(), e.to_string()))?;
         let (rows, bad) = decoder.decode_lines(&lines);
         if let Some(rows) = rows {
-            out.main(Batch::new(rows));
+            out.main(batch.derive(rows));
         }
         let failures = bad
             .into_iter()
@@ -51,7 +51,7 @@ impl Operator for StripErrorMetadata {
                 )
             })
             .collect();
-        self.errors.report(out, failures);
+        self.errors.report(out, &batch, failures);
         Ok(())
     }
 }

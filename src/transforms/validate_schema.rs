@@ -52,10 +52,10 @@ impl Operator for ValidateWithSchema {
                 failures.push((row.to_string(), problems.join("; ")));
             }
         }
-        self.errors.report(out, failures);
+        self.errors.report(out, &batch, failures);
         let kept = filter_record_batch(&batch.rows, &keep.finish())
             .map_err(|e| EngineError::internal(self.errors.transform(), e.to_string()))?;
-        out.main(Batch::new(kept));
+        out.main(batch.derive(kept));
         Ok(())
     }
 }
