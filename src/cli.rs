@@ -85,9 +85,7 @@ pub const EXIT_INVALID: u8 = 2;
 
 fn load(path: &Path, vars: &[(String, String)]) -> Result<(PipelineSpec, Graph), Diagnostics> {
     let vars: BTreeMap<String, String> = vars.iter().cloned().collect();
-    let spec = config::load(path, &vars)?;
-    let graph = pipeline::validate(&spec)?;
-    Ok((spec, graph))
+    pipeline::load_and_validate(path, &vars)
 }
 
 pub async fn main(cli: Cli) -> u8 {

@@ -128,6 +128,18 @@ pub fn parse(
     vars: &BTreeMap<String, String>,
 ) -> Result<PipelineSpec, Diagnostics> {
     let mut rep = Reporter::new(file);
+    let spec = parse_into(file, source, vars, &mut rep);
+    rep.finish(spec)
+}
+
+/// Like [`parse`], but leaves the problems in `rep` so later checks (the graph) can add theirs
+/// and the user sees everything in one run. `None` when the text is not YAML at all.
+pub fn parse_into(
+    file: &str,
+    source: &str,
+    vars: &BTreeMap<String, String>,
+    rep: &mut Reporter,
+) -> PipelineSpec {
     let rendered = match template::render(file, source, vars) {
         Ok(r) => r,
         Err((line, msg)) => {
@@ -136,7 +148,7 @@ pub fn parse(
                 format!("template error: {msg}"),
                 Some("define variables with --var KEY=VALUE or in the environment".into()),
             );
-            return rep.finish(PipelineSpec::empty(file));
+            return PipelineSpec::empty(file);
         }
     };
     let root = match marked_yaml::parse_yaml(0, &rendered) {
@@ -144,11 +156,30 @@ pub fn parse(
         Err(e) => {
             let (pos, msg) = load_error(&e);
             rep.error(pos, format!("invalid YAML: {msg}"), None);
-            return rep.finish(PipelineSpec::empty(file));
+            return PipelineSpec::empty(file);
         }
     };
-    let spec = parse_root(file, &root, &mut rep);
-    rep.finish(spec)
+    parse_root(file, &root, rep)
+}
+
+/// Reads a pipeline file into `rep` (see [`parse_into`]).
+pub fn load_into(
+    path: &std::path::Path,
+    vars: &BTreeMap<String, String>,
+    rep: &mut Reporter,
+) -> PipelineSpec {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(source) => parse_into(&file, &source, vars, rep),
+        Err(e) => {
+            rep.error(
+                Pos { line: 1, col: 1 },
+                format!("cannot read pipeline file: {e}"),
+                None,
+            );
+            PipelineSpec::empty(&file)
+        }
+    }
 }
 
 fn load_error(e: &marked_yaml::LoadError) -> (Pos, String) {
@@ -172,7 +203,7 @@ fn load_error(e: &marked_yaml::LoadError) -> (Pos, String) {
 }
 
 impl PipelineSpec {
-    fn empty(file: &str) -> Self {
+    pub fn empty(file: &str) -> Self {
         PipelineSpec {
             file: file.to_string(),
             name: String::new(),
@@ -382,8 +413,8 @@ fn parse_transform(node: &Node, rep: &mut Reporter) -> Option<TransformSpec> {
     r.finish(rep);
     Some(TransformSpec {
         name,
+        pos: type_name.pos,
         type_name: type_name.value,
-        pos: pos_of(node),
         inputs,
         config,
         windowing,

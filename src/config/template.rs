@@ -29,8 +29,21 @@ pub fn render(
     let tmpl = env
         .get_template(name)
         .map_err(|e| (e.line().unwrap_or(1), e.to_string()))?;
-    tmpl.render(ctx)
-        .map_err(|e| (e.line().unwrap_or(1), detail(&e)))
+    tmpl.render(&ctx).map_err(|e| {
+        let mut msg = detail(&e);
+        if e.kind() == minijinja::ErrorKind::UndefinedError {
+            let mut missing: Vec<String> = tmpl
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|v| !ctx.contains_key(v))
+                .collect();
+            missing.sort();
+            if !missing.is_empty() {
+                msg = format!("undefined variable `{}`", missing.join("`, `"));
+            }
+        }
+        (e.line().unwrap_or(1), msg)
+    })
 }
 
 fn detail(e: &minijinja::Error) -> String {
@@ -54,6 +67,6 @@ mod tests {
         );
         let (line, msg) = render("p", "a: 1\nb: {{ nope_not_set_anywhere }}\n", &vars).unwrap_err();
         assert_eq!(line, 2);
-        assert!(msg.contains("undefined"), "{msg}");
+        assert_eq!(msg, "undefined variable `nope_not_set_anywhere`");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::csv::reader::{Format, ReaderBuilder};
 use arrow::csv::writer::{Writer, WriterBuilder};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 
 use super::files::{FormatWriter, LineChunks, ShardedFiles, expand, forward};
@@ -55,7 +55,20 @@ impl ReadFromCsv {
                     format!("cannot infer a schema from {}: {e}", path.display()),
                 )
             })?;
-        Ok(Arc::new(schema))
+        // Keep date and time text as written (as Beam's reader does); AssignTimestamps parses it.
+        let fields: Vec<arrow::datatypes::Field> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Timestamp(..)
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Time32(_)
+                | DataType::Time64(_) => f.as_ref().clone().with_data_type(DataType::Utf8),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Ok(Arc::new(arrow::datatypes::Schema::new(fields)))
     }
 
     /// Decodes `chunk`; on failure decodes line by line to isolate the bad records.
@@ -69,7 +82,7 @@ impl ReadFromCsv {
         let read = |bytes: &[u8]| -> Result<Vec<RecordBatch>, String> {
             ReaderBuilder::new(schema.clone())
                 .with_format(self.format().with_header(false))
-                .with_batch_size(usize::MAX >> 1)
+                .with_batch_size(self.batch_size)
                 .build(Cursor::new(bytes))
                 .map_err(|e| e.to_string())?
                 .collect::<Result<Vec<_>, _>>()

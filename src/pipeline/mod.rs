@@ -19,9 +19,29 @@ use crate::config::diag::{Diagnostics, Reporter};
 /// All diagnostics, each with position and hint.
 pub fn validate(spec: &PipelineSpec) -> Result<Graph, Diagnostics> {
     let mut rep = Reporter::new(spec.file.clone());
-    let graph = Graph::build(spec, &mut rep);
-    check::check_expressions(spec, &mut rep);
+    let graph = check_into(spec, &mut rep);
     rep.finish(graph)
+}
+
+/// The graph and expression checks, reporting into `rep`.
+pub fn check_into(spec: &PipelineSpec, rep: &mut Reporter) -> Graph {
+    let graph = Graph::build(spec, rep);
+    check::check_expressions(spec, rep);
+    graph
+}
+
+/// Loads a file and runs every check, so one run reports all problems of the file.
+///
+/// # Errors
+/// All diagnostics found.
+pub fn load_and_validate(
+    path: &std::path::Path,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<(PipelineSpec, Graph), Diagnostics> {
+    let mut rep = Reporter::new(path.display().to_string());
+    let spec = crate::config::spec::load_into(path, vars, &mut rep);
+    let graph = check_into(&spec, &mut rep);
+    rep.finish((spec, graph))
 }
 
 /// Builds and runs a validated pipeline.

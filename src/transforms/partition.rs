@@ -69,7 +69,11 @@ impl Operator for Partition {
         for (output, port) in &self.outputs {
             let mask = eq(keys, &StringArray::new_scalar(output.as_str())).map_err(internal)?;
             // null keys compare as null: treat them as unmatched
-            let mask = arrow::compute::prep_null_mask_filter(&mask);
+            let mask = if mask.null_count() > 0 {
+                arrow::compute::prep_null_mask_filter(&mask)
+            } else {
+                mask
+            };
             matched = or(&matched, &mask).map_err(internal)?;
             out.emit(
                 *port,

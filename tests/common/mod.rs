@@ -1,0 +1,102 @@
+//! Helpers shared by the integration tests: run a pipeline through the library, read outputs.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sluice::config::{self, PipelineSpec};
+use sluice::pipeline::build::Overrides;
+use sluice::pipeline::runner::{RunControl, RunReport};
+use sluice::pipeline::{self, EngineError};
+
+pub fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Loads and validates a pipeline file, panicking with the diagnostics if invalid.
+pub fn load(path: &Path, vars: &BTreeMap<String, String>) -> PipelineSpec {
+    let spec = config::load(path, vars).unwrap_or_else(|d| panic!("{d}"));
+    pipeline::validate(&spec).unwrap_or_else(|d| panic!("{d}"));
+    spec
+}
+
+pub fn parse(name: &str, text: &str) -> PipelineSpec {
+    let spec = config::parse(name, text, &BTreeMap::new()).unwrap_or_else(|d| panic!("{d}"));
+    pipeline::validate(&spec).unwrap_or_else(|d| panic!("{d}"));
+    spec
+}
+
+pub async fn run(spec: &PipelineSpec) -> Result<RunReport, EngineError> {
+    let graph = pipeline::validate(spec).unwrap_or_else(|d| panic!("{d}"));
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    pipeline::execute(spec, &graph, &Overrides::default(), RunControl { stop })
+        .await
+        .map(|(r, _)| r)
+}
+
+/// Every JSON line of every file whose name starts with `prefix`.
+pub fn read_json_outputs(prefix: &Path) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for f in output_files(prefix) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        rows.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
+    }
+    rows
+}
+
+pub fn output_files(prefix: &Path) -> Vec<PathBuf> {
+    let dir = prefix.parent().unwrap();
+    let stem = prefix.file_name().unwrap().to_string_lossy().to_string();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&stem))
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Asserts multiset equality with numeric tolerance, printing the difference.
+pub fn assert_rows_eq(expected: &[Value], actual: &[Value]) {
+    let (missing, unexpected) = sluice::record::rows::multiset_diff(expected, actual);
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "rows differ\nmissing: {missing:#?}\nunexpected: {unexpected:#?}"
+    );
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn stat(report: &RunReport, name: &str) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (_, s) = report
+        .stats
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no stage {name}"));
+    (
+        s.rows_in.load(Relaxed),
+        s.rows_out.load(Relaxed),
+        s.errors.load(Relaxed),
+    )
+}

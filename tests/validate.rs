@@ -1,0 +1,147 @@
+//! `sluice validate`: every problem of a file in one run, as `file:line:col: message` + hint.
+
+use std::collections::BTreeMap;
+
+use sluice::pipeline::load_and_validate;
+
+fn diagnostics(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, text).unwrap();
+    let err = load_and_validate(&path, &BTreeMap::new())
+        .err()
+        .expect("the pipeline is invalid");
+    err.to_string()
+        .replace(&path.display().to_string(), "p.yaml")
+}
+
+#[test]
+fn reports_every_problem_with_position_and_hint() {
+    let text = "\
+pipeline:
+  transforms:
+    - type: ReadFromJsn
+      name: Read
+      config:
+        path: x.jsonl
+    - type: MapToFields
+      name: Enrich
+      input: Reed
+      config:
+        language: python
+        fields:
+          a: b
+    - type: Filter
+      name: Keep
+      input: Enrich
+      config:
+        language: sql
+        keep: \"watch_seconds >\"
+      error_handling:
+        output: errors
+    - type: Flatten
+      name: LoopA
+      input: LoopB
+    - type: Flatten
+      name: LoopB
+      input: LoopA
+    - type: WriteToJson
+      input: Keep.missing
+      config:
+        path: out
+        compresion: gzip
+";
+    let expected = "\
+p.yaml:3:13: unknown transform type `ReadFromJsn`
+  hint: did you mean `ReadFromJson`?
+p.yaml:9:14: input `Reed` names no transform
+  hint: did you mean `Read`?
+p.yaml:11:19: expression language `python` is not supported by Sluice
+  hint: Sluice evaluates expressions vectorised in Rust: use `language: sql` (or generic field references); user code in Python, JavaScript or Java would need an embedded interpreter per worker
+p.yaml:19:15: SQL expression `watch_seconds >` does not parse: sql parser error: Expected: an expression, found: EOF
+  hint: expressions are SQL as DataFusion reads it, e.g. `watch_seconds * 2` or `action = 'view'`
+p.yaml:21:17: error output `Keep.errors` is not consumed
+  hint: send it somewhere, e.g. a transform with `input: Keep.errors` that writes it out, or remove `error_handling`
+p.yaml:24:14: `LoopA` is part of an input cycle (LoopA → LoopB)
+  hint: a pipeline is a directed acyclic graph; break the cycle
+p.yaml:27:14: `LoopB` is part of an input cycle (LoopA → LoopB)
+  hint: a pipeline is a directed acyclic graph; break the cycle
+p.yaml:29:14: `Keep` has no output named `missing`
+  hint: its outputs are: errors
+p.yaml:32:9: unknown key `compresion` in `WriteToJson` config
+  hint: expected one of: path, num_shards";
+    assert_eq!(diagnostics(text), expected);
+}
+
+#[test]
+fn template_and_yaml_errors_have_positions() {
+    assert_eq!(
+        diagnostics(
+            "pipeline:\n  transforms:\n    - type: ReadFromJson\n      config: {path: \"{{ nowhere }}\"}\n"
+        ),
+        "p.yaml:4:1: template error: undefined variable `nowhere`\n  hint: define variables with --var KEY=VALUE or in the environment"
+    );
+    let yaml = diagnostics("pipeline:\n  transforms: [\n");
+    assert!(yaml.starts_with("p.yaml:3:1: invalid YAML:"), "{yaml}");
+}
+
+#[test]
+fn chain_shorthands_and_missing_inputs() {
+    let text = "\
+pipeline:
+  type: chain
+  source:
+    type: Create
+    config: {elements: [{a: 1}]}
+  transforms:
+    - type: Filter
+      input: Create
+      config: {keep: a}
+  sink:
+    type: WriteToJson
+    config: {path: out}
+";
+    assert_eq!(
+        diagnostics(text),
+        "p.yaml:8:14: `Filter` declares `input` inside a chain\n  hint: in `type: chain` each transform reads the previous one; remove `input`"
+    );
+    let composite = "pipeline:\n  transforms:\n    - type: Flatten\n";
+    assert_eq!(
+        diagnostics(composite),
+        "p.yaml:3:13: `Flatten` has no `input`\n  hint: add `input:` naming one of: Flatten"
+    );
+}
+
+#[test]
+fn unsupported_languages_and_windowing_keys_are_named() {
+    let text = "\
+pipeline:
+  transforms:
+    - type: Create
+      config: {elements: [{a: 1}]}
+    - type: Filter
+      input: Create
+      config:
+        language: javascript
+        keep: a
+    - type: WindowInto
+      input: Filter
+      config:
+        windowing: {type: fixd, size: 60s}
+    - type: MapToFields
+      input: Create
+      config:
+        fields:
+          b: {callable: \"lambda row: row.a\"}
+";
+    assert_eq!(
+        diagnostics(text),
+        "\
+p.yaml:8:19: expression language `javascript` is not supported by Sluice
+  hint: Sluice evaluates expressions vectorised in Rust: use `language: sql` (or generic field references); user code in Python, JavaScript or Java would need an embedded interpreter per worker
+p.yaml:13:27: unknown window type `fixd`
+  hint: did you mean `fixed`?
+p.yaml:18:14: `callable` expressions need the Python language, which Sluice does not run
+  hint: rewrite it as `language: sql` with an `expression`"
+    );
+}
