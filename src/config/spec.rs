@@ -151,7 +151,10 @@ pub fn parse_into(
             return PipelineSpec::empty(file);
         }
     };
-    let root = match marked_yaml::parse_yaml(0, &rendered) {
+    let options = marked_yaml::LoaderOptions::default()
+        .prevent_coercion(true)
+        .error_on_duplicate_keys(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, &rendered, options) {
         Ok(n) => n,
         Err(e) => {
             let (pos, msg) = load_error(&e);
@@ -191,6 +194,7 @@ fn load_error(e: &marked_yaml::LoadError) -> (Pos, String) {
         | E::MappingKeyMustBeScalar(m)
         | E::UnexpectedTag(m) => Some(*m),
         E::ScanError(m, _) => Some(*m),
+        E::DuplicateKey(inner) => inner.key.span().start().copied(),
         _ => None,
     };
     let pos = marker
