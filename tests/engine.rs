@@ -3,16 +3,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use async_trait::async_trait;
 use common::*;
 use serde_json::json;
-use sluice::pipeline::operator::{EngineError, Operator, Output, Source, SourceSink, StageStats, END_OF_TIME};
-use sluice::pipeline::runner::{self, RunControl, Stage, INBOX_CAPACITY};
+use sluice::pipeline::operator::{
+    END_OF_TIME, EngineError, Operator, Output, Source, SourceSink, StageStats,
+};
+use sluice::pipeline::runner::{self, INBOX_CAPACITY, RunControl, Stage};
 use sluice::record::Batch;
 
 #[tokio::test]
@@ -76,11 +78,23 @@ pipeline:
     assert_eq!(stat(&report, "Read"), (0, 10_000 - bad as u64, bad as u64));
     // Each error record has the original line, the reason and the transform.
     let first = &bad_rows[0];
-    assert_eq!(first["element"], json!("{\"id\": 0, \"n\": \"not a number\"}"));
+    assert_eq!(
+        first["element"],
+        json!("{\"id\": 0, \"n\": \"not a number\"}")
+    );
     assert_eq!(first["transform"], json!("Read"));
-    assert!(first["msg"].as_str().unwrap().contains("failed to parse \"not a number\" as Int64"), "{first}");
+    assert!(
+        first["msg"]
+            .as_str()
+            .unwrap()
+            .contains("failed to parse \"not a number\" as Int64"),
+        "{first}"
+    );
     // The good rows are exactly the well-formed lines, in order.
-    let ids: Vec<i64> = good_rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = good_rows
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     let expected: Vec<i64> = (0..10_000).filter(|i| !matches!(i % 997, 0..=2)).collect();
     assert_eq!(ids, expected);
 }
@@ -121,12 +135,22 @@ pipeline:
         ),
     );
     run(&spec).await.unwrap();
-    assert_rows_eq(&[json!({"id": 1, "qty": 6}), json!({"id": 3, "qty": 10})], &read_json_outputs(&out));
+    assert_rows_eq(
+        &[json!({"id": 1, "qty": 6}), json!({"id": 3, "qty": 10})],
+        &read_json_outputs(&out),
+    );
     let errors = read_json_outputs(&errs);
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["element"], json!("{\"id\":2,\"qty\":\"three\"}"));
     assert_eq!(errors[0]["transform"], json!("Parse"));
-    assert!(errors[0]["msg"].as_str().unwrap().contains("Cannot cast string 'three'"), "{}", errors[0]);
+    assert!(
+        errors[0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("Cannot cast string 'three'"),
+        "{}",
+        errors[0]
+    );
 }
 
 #[tokio::test]
@@ -149,7 +173,10 @@ async fn files_round_trip_through_parquet_and_csv() {
     );
     run(&convert).await.unwrap();
     let csv = std::fs::read_to_string(dir.path().join("c-00000-of-00001")).unwrap();
-    assert_eq!(csv, "event_id,recipe_id,watch_seconds,rating,tags\ne1,r1,30,4.5,a\ne1,r1,30,4.5,b\n");
+    assert_eq!(
+        csv,
+        "event_id,recipe_id,watch_seconds,rating,tags\ne1,r1,30,4.5,a\ne1,r1,30,4.5,b\n"
+    );
     let back = parse(
         "b.yaml",
         &format!(
@@ -173,7 +200,10 @@ async fn a_runtime_failure_stops_the_run_with_the_transform_named() {
         "pipeline:\n  type: chain\n  transforms:\n    - type: ReadFromJson\n      config: {path: /nonexistent/sluice/*.jsonl}\n    - type: LogForTesting\n",
     );
     let err = run(&spec).await.err().unwrap();
-    assert_eq!(err.to_string(), "ReadFromJson: no file matches `/nonexistent/sluice/*.jsonl`");
+    assert_eq!(
+        err.to_string(),
+        "ReadFromJson: no file matches `/nonexistent/sluice/*.jsonl`"
+    );
 }
 
 /// Emits `total` one-row batches as fast as the channel accepts them.
@@ -187,7 +217,11 @@ impl Source for Counting {
     async fn run(&mut self, out: &mut dyn SourceSink) -> Result<(), EngineError> {
         let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
         for i in 0..self.total {
-            let rows = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![i as i64]))]).unwrap();
+            let rows = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(vec![i as i64]))],
+            )
+            .unwrap();
             out.emit(0, Batch::new(rows)).await?;
             self.emitted.fetch_add(1, Ordering::SeqCst);
         }
@@ -204,9 +238,17 @@ struct Slow {
 
 #[async_trait]
 impl Operator for Slow {
-    async fn process(&mut self, _input: usize, _batch: Batch, _out: &mut Output) -> Result<(), EngineError> {
+    async fn process(
+        &mut self,
+        _input: usize,
+        _batch: Batch,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
         self.consumed += 1;
-        let gap = self.emitted.load(Ordering::SeqCst).saturating_sub(self.consumed);
+        let gap = self
+            .emitted
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.consumed);
         self.max_gap.fetch_max(gap, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         Ok(())
@@ -233,11 +275,19 @@ async fn a_slow_consumer_holds_back_its_producer() {
             max_gap: max_gap.clone(),
         })),
     ];
-    let stats = vec![Arc::new(StageStats::default()), Arc::new(StageStats::default())];
+    let stats = vec![
+        Arc::new(StageStats::default()),
+        Arc::new(StageStats::default()),
+    ];
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    runner::run(&graph, stages, stats, RunControl { stop }).await.unwrap();
+    runner::run(&graph, stages, stats, RunControl { stop })
+        .await
+        .unwrap();
     assert_eq!(emitted.load(Ordering::SeqCst), 200);
     // In flight: the inbox, plus the batch being sent and the one being processed.
     let gap = max_gap.load(Ordering::SeqCst);
-    assert!(gap <= INBOX_CAPACITY + 1, "producer ran {gap} batches ahead");
+    assert!(
+        gap <= INBOX_CAPACITY + 1,
+        "producer ran {gap} batches ahead"
+    );
 }

@@ -82,7 +82,10 @@ fn template_and_yaml_errors_have_positions() {
         "p.yaml:4:1: template error: undefined variable `nowhere`\n  hint: define variables with --var KEY=VALUE or in the environment"
     );
     let dup = diagnostics("pipeline:\n  transforms: []\npipeline: {}\n");
-    assert!(dup.starts_with("p.yaml:3:1: invalid YAML: Duplicate key"), "{dup}");
+    assert!(
+        dup.starts_with("p.yaml:3:1: invalid YAML: Duplicate key"),
+        "{dup}"
+    );
     let yaml = diagnostics("pipeline:\n  transforms: [\n");
     assert!(yaml.starts_with("p.yaml:3:1: invalid YAML:"), "{yaml}");
 }

@@ -195,7 +195,6 @@ fn load_error(e: &marked_yaml::LoadError) -> (Pos, String) {
         | E::UnexpectedTag(m) => Some(*m),
         E::ScanError(m, _) => Some(*m),
         E::DuplicateKey(inner) => inner.key.span().start().copied(),
-        _ => None,
     };
     let pos = marker
         .map(|m| Pos {

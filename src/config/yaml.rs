@@ -292,8 +292,16 @@ mod tests {
     #[test]
     fn quoted_scalars_stay_strings_and_plain_ones_are_typed() {
         let opts = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-        let node = marked_yaml::parse_yaml_with_options(0, "a: [{id: 1, qty: \"3\", f: 1.5, b: true, n: null, s: '7'}]\n", opts).unwrap();
+        let node = marked_yaml::parse_yaml_with_options(
+            0,
+            "a: [{id: 1, qty: \"3\", f: 1.5, b: true, n: null, s: '7'}]\n",
+            opts,
+        )
+        .unwrap();
         let v = to_json(&node);
-        assert_eq!(v, serde_json::json!({"a": [{"id": 1, "qty": "3", "f": 1.5, "b": true, "n": null, "s": "7"}]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"a": [{"id": 1, "qty": "3", "f": 1.5, "b": true, "n": null, "s": "7"}]})
+        );
     }
 }

@@ -42,6 +42,8 @@ pub enum Stage {
 #[derive(Clone, Default)]
 struct Fanout {
     ports: Vec<Vec<(mpsc::Sender<Envelope>, usize)>>,
+    /// Rows on this port are errors, not output, in the stage counters.
+    error_port: Option<usize>,
 }
 
 impl Fanout {
@@ -76,7 +78,7 @@ impl Fanout {
     async fn flush(&self, out: &mut Output, stats: &StageStats) {
         let batches: Vec<(usize, Batch)> = out.drain().collect();
         for (port, batch) in batches {
-            if port == 0 {
+            if Some(port) != self.error_port {
                 StageStats::add(&stats.rows_out, batch.num_rows());
             }
             self.send(port, batch).await;
@@ -123,6 +125,7 @@ pub async fn run(
         .iter()
         .map(|node| Fanout {
             ports: vec![Vec::new(); node.ports.len()],
+            error_port: node.error_port,
         })
         .collect();
     for (to, node) in graph.nodes.iter().enumerate() {
@@ -184,7 +187,7 @@ struct SourceOut {
 #[async_trait]
 impl SourceSink for SourceOut {
     async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError> {
-        if port == 0 {
+        if Some(port) != self.fanout.error_port {
             StageStats::add(&self.stats.rows_out, batch.num_rows());
         }
         self.fanout.send(port, batch).await;

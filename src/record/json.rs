@@ -152,18 +152,73 @@ fn clean(e: ArrowError) -> String {
 
 /// Infers a schema from sample lines, skipping lines that are not JSON objects.
 ///
+/// Each field takes the type most sample rows agree on (integers and floats together count as
+/// numbers), so one stray line like `"watch_seconds": "a lot"` becomes an error record instead
+/// of turning the whole column into strings and failing every good line.
+///
 /// # Errors
-/// When the sample values have irreconcilable types.
+/// When the sample values have irreconcilable nested types.
 pub fn infer_schema<'a>(
     lines: impl Iterator<Item = &'a [u8]>,
     limit: usize,
 ) -> Result<SchemaRef, ArrowError> {
-    let values: Vec<serde_json::Value> = lines
+    let mut values: Vec<serde_json::Value> = lines
         .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
         .filter(|v| v.is_object())
         .take(limit)
         .collect();
+    let winners = majority_kinds(&values);
+    for v in &mut values {
+        if let serde_json::Value::Object(map) = v {
+            map.retain(|k, val| kind(val).is_none_or(|kd| winners.get(k) == Some(&kd)));
+        }
+    }
     infer_from_values(&values)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Bool,
+    Number,
+    String,
+    List,
+    Object,
+}
+
+fn kind(v: &serde_json::Value) -> Option<Kind> {
+    use serde_json::Value;
+    match v {
+        Value::Null => None,
+        Value::Bool(_) => Some(Kind::Bool),
+        Value::Number(_) => Some(Kind::Number),
+        Value::String(_) => Some(Kind::String),
+        Value::Array(_) => Some(Kind::List),
+        Value::Object(_) => Some(Kind::Object),
+    }
+}
+
+fn majority_kinds(values: &[serde_json::Value]) -> std::collections::HashMap<String, Kind> {
+    use std::collections::HashMap;
+    let mut votes: HashMap<&str, HashMap<Kind, usize>> = HashMap::new();
+    for v in values {
+        if let serde_json::Value::Object(map) = v {
+            for (k, val) in map {
+                if let Some(kd) = kind(val) {
+                    *votes.entry(k.as_str()).or_default().entry(kd).or_default() += 1;
+                }
+            }
+        }
+    }
+    votes
+        .into_iter()
+        .filter_map(|(field, counts)| {
+            // Most votes wins; ties go to the first kind in a fixed order, for determinism.
+            let best = counts
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+            Some((field.to_string(), best.0))
+        })
+        .collect()
 }
 
 /// Infers a schema from JSON objects.
@@ -239,6 +294,25 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(ids.value(n - 1), (n - 1) as i64);
+    }
+
+    #[test]
+    fn inference_follows_the_majority_so_a_stray_line_is_the_only_error() {
+        let text = b"{\"n\": 1, \"s\": \"a\"}\n{\"n\": \"lots\", \"s\": \"b\"}\n{\"n\": 2.5}\n{\"n\": 3}\n";
+        let schema = infer_schema(text.split(|b| *b == b'\n'), 100).unwrap();
+        assert_eq!(
+            schema.field_with_name("n").unwrap().data_type(),
+            &DataType::Float64
+        );
+        assert_eq!(
+            schema.field_with_name("s").unwrap().data_type(),
+            &DataType::Utf8
+        );
+        let mut d = JsonDecoder::new(schema).unwrap();
+        let (batch, bad) = d.decode_lines(text);
+        assert_eq!(batch.unwrap().num_rows(), 3);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].payload, "{\"n\": \"lots\", \"s\": \"b\"}");
     }
 
     #[test]

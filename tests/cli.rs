@@ -1,0 +1,176 @@
+//! The `sluice` binary: exit codes and output of each command (SPEC §2).
+
+use std::process::Command;
+
+fn sluice(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn demo_runs_on_shipped_data_and_reports_its_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = sluice(&["demo", "--out", "demo-out"], dir.path());
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("240 clean events and 5 dead letters"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("wrote demo-out/clean_events-00000-of-00001"),
+        "{stdout}"
+    );
+    let clean =
+        std::fs::read_to_string(dir.path().join("demo-out/clean_events-00000-of-00001")).unwrap();
+    assert_eq!(clean.lines().count(), 240);
+    let dead =
+        std::fs::read_to_string(dir.path().join("demo-out/dead_letters-00000-of-00001")).unwrap();
+    let transforms: Vec<String> = dead
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["transform"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        transforms,
+        [
+            "ReadEvents",
+            "ReadEvents",
+            "ReadEvents",
+            "CheckEvents",
+            "CheckEvents"
+        ]
+    );
+}
+
+#[test]
+fn validate_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "pipeline:\n  transforms:\n    - type: Nope\n",
+    )
+    .unwrap();
+    let quickstart = root().join("pipelines/recipe_quickstart.yaml");
+    let (code, stdout, _) = sluice(&["validate", quickstart.to_str().unwrap()], dir.path());
+    assert_eq!((code, stdout.trim_end().ends_with(": valid")), (0, true));
+    let (code, _, stderr) = sluice(&["validate", "bad.yaml"], dir.path());
+    assert_eq!(code, 2);
+    assert!(
+        stderr.starts_with("bad.yaml:3:13: unknown transform type `Nope`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_command_reports_pass_fail_and_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+pipeline:
+  type: chain
+  transforms:
+    - type: ReadFromJson
+      name: Read
+      config: {path: in.jsonl}
+    - type: Filter
+      name: Long
+      config: {language: sql, keep: watch_seconds > 60}
+tests:
+  - name: keeps long watches
+    mock_inputs:
+      - name: Read
+        elements: [{watch_seconds: 10}, {watch_seconds: 90}]
+    expected_outputs:
+      - name: Long
+        elements: [{watch_seconds: 90}]
+  - name: wrong on purpose
+    mock_inputs:
+      - name: Read
+        elements: [{watch_seconds: 120}]
+    expected_outputs:
+      - name: Long
+        elements: [{watch_seconds: 12}]
+";
+    std::fs::write(dir.path().join("t.yaml"), text).unwrap();
+    let (code, stdout, _) = sluice(&["test", "t.yaml"], dir.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        stdout,
+        "PASS t.yaml :: keeps long watches\n\
+         FAIL t.yaml :: wrong on purpose\n  \
+         output of `Long`: expected 1 rows, got 1\n      \
+         missing:    {\"watch_seconds\":12}\n      \
+         unexpected: {\"watch_seconds\":120}\n\
+         1 passed, 1 failed\n"
+    );
+}
+
+#[test]
+fn run_and_explain() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"a\": 1}\n{\"a\": 2}\nnot json\n",
+    )
+    .unwrap();
+    let text = "\
+pipeline:
+  type: chain
+  source:
+    type: ReadFromJson
+    config: {path: \"{{ input }}\"}
+  transforms:
+    - type: MapToFields
+      config: {language: sql, fields: {b: a * 10}}
+  sink:
+    type: WriteToJson
+    config: {path: out}
+";
+    std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+    let (code, _, stderr) = sluice(&["run", "p.yaml", "--var", "input=in.jsonl"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: 1 records failed in `ReadFromJson`, which declares no error output"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out-00000-of-00001")).unwrap(),
+        "{\"b\":10}\n{\"b\":20}\n"
+    );
+    let (code, stdout, _) = sluice(
+        &["explain", "p.yaml", "--var", "input=in.jsonl"],
+        dir.path(),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout,
+        "pipeline p (p.yaml)\n  ReadFromJson [ReadFromJson]\n  MapToFields [MapToFields] <- ReadFromJson\n  WriteToJson [WriteToJson] <- MapToFields\n"
+    );
+    let (code, _, stderr) = sluice(
+        &["run", "p.yaml", "--var", "input=missing.jsonl"],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no file matches `missing.jsonl`"),
+        "{stderr}"
+    );
+}
