@@ -56,10 +56,8 @@ fn field(name: &str, schema: &SchemaRef) -> Result<Compiled, String> {
         return Ok(Arc::new(Literal::new(ScalarValue::Utf8(Some(s)))));
     }
     let is_name = t.chars().all(|c| c.is_alphanumeric() || c == '_');
-    if !is_name {
-        if let Ok(e) = compile_sql(t, schema) {
-            return Ok(e);
-        }
+    if !is_name && let Ok(e) = compile_sql(t, schema) {
+        return Ok(e);
     }
     Err(unknown_field(name, schema))
 }

@@ -8,9 +8,10 @@ fn diagnostics(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, text).unwrap();
-    let err = load_and_validate(&path, &BTreeMap::new())
-        .err()
-        .expect("the pipeline is invalid");
+    let err = match load_and_validate(&path, &BTreeMap::new()) {
+        Ok(_) => panic!("the pipeline is invalid"),
+        Err(e) => e,
+    };
     err.to_string()
         .replace(&path.display().to_string(), "p.yaml")
 }

@@ -214,7 +214,7 @@ pub fn parse_config(
             MapReader::new(node, ty.pos, what.clone(), $keys, rep)
         };
     }
-    let cfg = match t {
+    match t {
         "Create" => {
             let mut r = reader!(&["elements", "reshuffle"]);
             let elements = elements(&mut r, rep);
@@ -472,16 +472,15 @@ pub fn parse_config(
         "Sql" => {
             let mut r = reader!(&["query", "dialect"]);
             let query = r.required_string("query", rep);
-            if let Some(d) = r.string("dialect", rep) {
-                if !d.value.eq_ignore_ascii_case("datafusion")
-                    && !d.value.eq_ignore_ascii_case("generic")
-                {
-                    rep.error(
-                        d.pos,
-                        format!("SQL dialect `{}` is not supported", d.value),
-                        Some("Sluice runs queries with DataFusion's SQL dialect".into()),
-                    );
-                }
+            if let Some(d) = r.string("dialect", rep)
+                && !d.value.eq_ignore_ascii_case("datafusion")
+                && !d.value.eq_ignore_ascii_case("generic")
+            {
+                rep.error(
+                    d.pos,
+                    format!("SQL dialect `{}` is not supported", d.value),
+                    Some("Sluice runs queries with DataFusion's SQL dialect".into()),
+                );
             }
             r.finish(rep);
             query.map_or(TransformConfig::Invalid, |query| TransformConfig::Sql {
@@ -507,8 +506,7 @@ pub fn parse_config(
             );
             TransformConfig::Invalid
         }
-    };
-    cfg
+    }
 }
 
 fn check_info(info: &str, pos: Pos, all: &[&str], rep: &mut Reporter) {

@@ -126,7 +126,7 @@ pub fn did_you_mean<'a>(
 }
 
 /// A hint that names the closest candidate, or lists all of them when nothing is close.
-pub fn suggest<'a>(got: &str, candidates: &[&'a str]) -> String {
+pub fn suggest(got: &str, candidates: &[&str]) -> String {
     did_you_mean(got, candidates.iter().copied())
         .unwrap_or_else(|| format!("expected one of: {}", candidates.join(", ")))
 }

@@ -68,12 +68,11 @@ fn scalar_to_json(s: &MarkedScalarNode) -> serde_json::Value {
     if let Ok(i) = text.parse::<i64>() {
         return Value::from(i);
     }
-    if looks_numeric(text) {
-        if let Ok(f) = text.parse::<f64>() {
-            if let Some(n) = serde_json::Number::from_f64(f) {
-                return Value::Number(n);
-            }
-        }
+    if looks_numeric(text)
+        && let Ok(f) = text.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(f)
+    {
+        return Value::Number(n);
     }
     Value::String(text.to_string())
 }

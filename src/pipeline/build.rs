@@ -28,6 +28,13 @@ pub struct Overrides {
 /// Rows collected by a capture stage.
 pub type Captured = Arc<Mutex<Vec<arrow::array::RecordBatch>>>;
 
+/// The stages of a graph, their counters, and what test captures collect.
+pub struct Built {
+    pub stages: Vec<Stage>,
+    pub stats: Vec<Arc<StageStats>>,
+    pub captures: Vec<(String, Captured)>,
+}
+
 /// Builds one stage per graph node.
 ///
 /// # Errors
@@ -36,7 +43,7 @@ pub fn build(
     spec: &PipelineSpec,
     graph: &Graph,
     overrides: &Overrides,
-) -> Result<(Vec<Stage>, Vec<Arc<StageStats>>, Vec<(String, Captured)>), EngineError> {
+) -> Result<Built, EngineError> {
     let batch_size = spec.options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     let mut stages = Vec::with_capacity(graph.nodes.len());
     let mut stats = Vec::with_capacity(graph.nodes.len());
@@ -202,7 +209,11 @@ pub fn build(
         stages.push(stage);
         stats.push(st);
     }
-    Ok((stages, stats, captures))
+    Ok(Built {
+        stages,
+        stats,
+        captures,
+    })
 }
 
 /// Test stage that records what reaches it.

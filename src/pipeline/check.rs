@@ -24,14 +24,14 @@ pub fn check_expressions(spec: &PipelineSpec, rep: &mut Reporter) {
             _ => {}
         }
         for e in exprs {
-            if let ExprKind::Sql(sql) = &e.kind {
-                if let Err(msg) = check_sql_syntax(sql) {
-                    rep.error(
+            if let ExprKind::Sql(sql) = &e.kind
+                && let Err(msg) = check_sql_syntax(sql)
+            {
+                rep.error(
                         e.pos,
                         format!("SQL expression `{sql}` does not parse: {msg}"),
                         Some("expressions are SQL as DataFusion reads it, e.g. `watch_seconds * 2` or `action = 'view'`".into()),
-                    );
-                }
+                );
             }
         }
     }

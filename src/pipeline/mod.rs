@@ -54,7 +54,11 @@ pub async fn execute(
     overrides: &build::Overrides,
     control: runner::RunControl,
 ) -> Result<(runner::RunReport, Vec<(String, build::Captured)>), EngineError> {
-    let (stages, stats, captures) = build::build(spec, graph, overrides)?;
+    let build::Built {
+        stages,
+        stats,
+        captures,
+    } = build::build(spec, graph, overrides)?;
     let report = runner::run(graph, stages, stats, control).await?;
     Ok((report, captures))
 }

@@ -87,10 +87,10 @@ impl Output {
 
     /// Emits `batch` on `port`; empty batches are dropped.
     pub fn emit(&mut self, port: usize, batch: Batch) {
-        if batch.num_rows() > 0 {
-            if let Some(p) = self.ports.get_mut(port) {
-                p.push(batch);
-            }
+        if batch.num_rows() > 0
+            && let Some(p) = self.ports.get_mut(port)
+        {
+            p.push(batch);
         }
     }
 
