@@ -4,6 +4,13 @@ use std::time::Duration;
 
 /// Parses a duration as written in pipeline files and on the command line.
 ///
+/// ```
+/// use std::time::Duration;
+/// use sluice::config::duration::parse_duration;
+/// assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+/// assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+/// ```
+///
 /// # Errors
 /// A message saying which forms are accepted.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
