@@ -80,7 +80,7 @@ fn sigterm_stops_reading_and_flushes_what_was_read() {
         "options: {batch_size: 10}\npipeline:\n  type: chain\n  transforms:\n    - type: ReadFromJson\n      config: {path: big.jsonl}\n    - type: WriteToJson\n      config: {path: out}\n",
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "p.yaml"])
         .current_dir(dir.path())
         .stderr(std::process::Stdio::piped())
