@@ -18,6 +18,9 @@ echo "== golden pipelines: validate and run their tests: sections"
 echo "== unit and integration tests"
 cargo test
 
+echo "== container image and Kubernetes manifests"
+bash k8s/check.sh
+
 shopt -s nullglob
 for suite in emulator-tests/run-*.sh; do
   echo "== $suite"
