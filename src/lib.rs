@@ -8,4 +8,5 @@ pub mod io;
 pub mod pipeline;
 pub mod record;
 pub mod testing;
+pub mod time;
 pub mod transforms;

@@ -19,7 +19,7 @@ async fn check_case(case: &str) {
         &dir.join("pipeline.yaml"),
         &vars(&[("input", &input), ("output", &out.display().to_string())]),
     );
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let actual = read_json_outputs(&out);
     let expected = read_jsonl(&dir.join("expected.jsonl"));
     assert!(!expected.is_empty());

@@ -70,7 +70,7 @@ pipeline:
             errors = errors.display()
         ),
     );
-    let report = run(&spec).await.unwrap();
+    let report = run_spec(&spec).await.unwrap();
     let good_rows = read_json_outputs(&out);
     let bad_rows = read_json_outputs(&errors);
     assert_eq!(good_rows.len() + bad_rows.len(), 10_000);
@@ -134,7 +134,7 @@ pipeline:
             errs = errs.display()
         ),
     );
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     assert_rows_eq(
         &[json!({"id": 1, "qty": 6}), json!({"id": 3, "qty": 10})],
         &read_json_outputs(&out),
@@ -164,14 +164,14 @@ async fn files_round_trip_through_parquet_and_csv() {
             "pipeline:\n  transforms:\n    - type: Create\n      config: {{elements: {rows}}}\n    - type: WriteToParquet\n      input: Create\n      config: {{path: {d}/p}}\n"
         ),
     );
-    run(&write).await.unwrap();
+    run_spec(&write).await.unwrap();
     let convert = parse(
         "c.yaml",
         &format!(
             "pipeline:\n  type: chain\n  transforms:\n    - type: ReadFromParquet\n      config: {{path: \"{d}/p-*\"}}\n    - type: Explode\n      config: {{fields: tags}}\n    - type: WriteToCsv\n      config: {{path: {d}/c}}\n"
         ),
     );
-    run(&convert).await.unwrap();
+    run_spec(&convert).await.unwrap();
     let csv = std::fs::read_to_string(dir.path().join("c-00000-of-00001")).unwrap();
     assert_eq!(
         csv,
@@ -183,7 +183,7 @@ async fn files_round_trip_through_parquet_and_csv() {
             "pipeline:\n  type: chain\n  transforms:\n    - type: ReadFromCsv\n      config: {{path: {d}/c-00000-of-00001}}\n    - type: WriteToJson\n      config: {{path: {d}/j}}\n"
         ),
     );
-    run(&back).await.unwrap();
+    run_spec(&back).await.unwrap();
     assert_rows_eq(
         &[
             json!({"event_id": "e1", "recipe_id": "r1", "watch_seconds": 30, "rating": 4.5, "tags": "a"}),
@@ -199,7 +199,7 @@ async fn a_runtime_failure_stops_the_run_with_the_transform_named() {
         "p.yaml",
         "pipeline:\n  type: chain\n  transforms:\n    - type: ReadFromJson\n      config: {path: /nonexistent/sluice/*.jsonl}\n    - type: LogForTesting\n",
     );
-    let err = run(&spec).await.err().unwrap();
+    let err = run_spec(&spec).await.err().unwrap();
     assert_eq!(
         err.to_string(),
         "ReadFromJson: no file matches `/nonexistent/sluice/*.jsonl`"

@@ -40,7 +40,7 @@ pipeline:
             out = out.display()
         ),
     );
-    let report = run(&spec).await.unwrap();
+    let report = run_spec(&spec).await.unwrap();
     assert_eq!(stat(&report, "Check"), (3, 1, 2));
     assert_rows_eq(
         &[json!({"id": 2, "qty": -1}), json!({"id": 3, "qty": -7})],
@@ -54,7 +54,7 @@ async fn assert_equal_fails_the_run_with_the_difference() {
         "p.yaml",
         "pipeline:\n  type: chain\n  transforms:\n    - type: Create\n      config: {elements: [{a: 1}, {a: 2}]}\n    - type: AssertEqual\n      config: {elements: [{a: 1}, {a: 3}]}\n",
     );
-    let err = run(&spec).await.err().unwrap();
+    let err = run_spec(&spec).await.err().unwrap();
     assert_eq!(
         err.to_string(),
         "AssertEqual: assertion failed: expected 2 rows, got 2\n    missing:    {\"a\":3}\n    unexpected: {\"a\":2}"
