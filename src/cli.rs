@@ -117,7 +117,7 @@ pub async fn main(cli: Cli) -> u8 {
         Command::Run {
             pipeline,
             vars,
-            until_idle: _,
+            until_idle,
             http,
         } => {
             if http.is_some() {
@@ -131,7 +131,7 @@ pub async fn main(cli: Cli) -> u8 {
                     return EXIT_INVALID;
                 }
             };
-            match run(&spec, &graph).await {
+            match run_until_idle(&spec, &graph, until_idle).await {
                 Ok(report) => {
                     eprint!("{}", summary(&report));
                     EXIT_OK
@@ -143,13 +143,7 @@ pub async fn main(cli: Cli) -> u8 {
             }
         }
         Command::Setup { pipeline, vars } => match load(&pipeline, &vars) {
-            Ok(_) => {
-                println!(
-                    "{}: declares no Pub/Sub or BigQuery resources; nothing to create",
-                    pipeline.display()
-                );
-                EXIT_OK
-            }
+            Ok((spec, _)) => setup(&pipeline, &spec).await,
             Err(d) => {
                 eprintln!("{d}");
                 EXIT_INVALID
@@ -159,18 +153,67 @@ pub async fn main(cli: Cli) -> u8 {
     }
 }
 
+/// `sluice setup`: creates the Pub/Sub topics and subscriptions the pipeline declares.
+async fn setup(path: &Path, spec: &PipelineSpec) -> u8 {
+    use crate::pubsub::setup;
+    let conn = crate::pubsub::Connection::from_env();
+    let resources = match setup::declared(spec, &conn) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return EXIT_INVALID;
+        }
+    };
+    if resources.is_empty() {
+        println!(
+            "{}: declares no Pub/Sub resources; nothing to create",
+            path.display()
+        );
+        return EXIT_OK;
+    }
+    match setup::create(&conn, &resources).await {
+        Ok(done) => {
+            for (name, outcome) in done {
+                match outcome {
+                    setup::Outcome::Created => println!("created {name}"),
+                    setup::Outcome::Exists => println!("exists  {name}"),
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("sluice: setup failed: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
 /// Runs a pipeline until its sources end; SIGINT/SIGTERM ask sources to stop and drain.
 ///
 /// # Errors
 /// The first stage failure.
 pub async fn run(spec: &PipelineSpec, graph: &Graph) -> Result<RunReport, pipeline::EngineError> {
+    run_until_idle(spec, graph, None).await
+}
+
+/// [`run`], with `--until-idle`: streaming sources end after no message arrived for that long,
+/// then every window fires and the outputs are flushed.
+///
+/// # Errors
+/// The first stage failure.
+pub async fn run_until_idle(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    until_idle: Option<Duration>,
+) -> Result<RunReport, pipeline::EngineError> {
     let (tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("Stop requested; draining");
         let _ = tx.send(true);
     });
-    pipeline::execute(spec, graph, &Overrides::default(), RunControl { stop })
+    let control = RunControl::new(stop).with_until_idle(until_idle);
+    pipeline::execute(spec, graph, &Overrides::default(), control)
         .await
         .map(|(r, _)| r)
 }

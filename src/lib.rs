@@ -6,6 +6,7 @@ pub mod demo;
 pub mod expr;
 pub mod io;
 pub mod pipeline;
+pub mod pubsub;
 pub mod record;
 pub mod testing;
 pub mod time;

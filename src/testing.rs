@@ -116,7 +116,7 @@ async fn run_one(spec: &PipelineSpec, test: &TestSpec) -> Vec<String> {
     };
     let (_tx, stop) = watch::channel(false);
     let captures =
-        match crate::pipeline::execute(&spec, &graph, &overrides, RunControl { stop }).await {
+        match crate::pipeline::execute(&spec, &graph, &overrides, RunControl::new(stop)).await {
             Ok((_, captures)) => captures,
             Err(e) => return vec![format!("the pipeline failed: {e}")],
         };

@@ -154,6 +154,8 @@ pub enum TransformConfig {
         by: Vec<Located<String>>,
         within_ms: i64,
     },
+    ReadFromPubSub(Box<crate::pubsub::config::ReadConfig>),
+    WriteToPubSub(Box<crate::pubsub::config::WriteConfig>),
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -199,8 +201,6 @@ pub const KNOWN_TYPES: &[&str] = &[
 
 /// Types of the contract whose connector is not in this build yet.
 const NOT_YET: &[&str] = &[
-    "ReadFromPubSub",
-    "WriteToPubSub",
     "ReadFromBigQuery",
     "WriteToBigQuery",
     "WriteToPostgres",
@@ -553,6 +553,14 @@ pub fn parse_config(
                 query,
             })
         }
+        "ReadFromPubSub" => crate::pubsub::config::parse_read(node, ty.pos, rep)
+            .map_or(TransformConfig::Invalid, |c| {
+                TransformConfig::ReadFromPubSub(Box::new(c))
+            }),
+        "WriteToPubSub" => crate::pubsub::config::parse_write(node, ty.pos, rep)
+            .map_or(TransformConfig::Invalid, |c| {
+                TransformConfig::WriteToPubSub(Box::new(c))
+            }),
         _ if NOT_YET.contains(&t) => {
             let reason = format!(
                 "transform type `{t}` is part of Sluice's contract but not available in this build yet"
@@ -571,6 +579,17 @@ pub fn parse_config(
                 Some(suggest(t, KNOWN_TYPES)),
             );
             TransformConfig::Invalid
+        }
+    }
+}
+
+impl TransformConfig {
+    /// An error output declared inside `config` (Beam's place for I/O transforms).
+    pub fn config_error_output(&self) -> Option<&Located<String>> {
+        match self {
+            TransformConfig::ReadFromPubSub(c) => c.error_output.as_ref(),
+            TransformConfig::WriteToPubSub(c) => c.error_output.as_ref(),
+            _ => None,
         }
     }
 }

@@ -413,6 +413,7 @@ fn parse_transform(node: &Node, rep: &mut Reporter) -> Option<TransformSpec> {
         er.finish(rep);
         out
     });
+    let error_output = error_output.or_else(|| config.config_error_output().cloned());
     r.finish(rep);
     Some(TransformSpec {
         name,

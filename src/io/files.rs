@@ -131,6 +131,9 @@ pub struct ShardedFiles {
     shards: Vec<Option<(PathBuf, Box<dyn FormatWriter>)>>,
     next: usize,
     open: Box<OpenWriter>,
+    /// Acknowledgement holds of the rows written so far: released only when the files are
+    /// complete (renamed), since before that the rows are not durably visible.
+    held: Vec<crate::record::AckToken>,
 }
 
 impl ShardedFiles {
@@ -141,6 +144,7 @@ impl ShardedFiles {
             shards: (0..num_shards.max(1)).map(|_| None).collect(),
             next: 0,
             open,
+            held: Vec::new(),
         }
     }
 
@@ -174,6 +178,15 @@ impl ShardedFiles {
         Ok(())
     }
 
+    /// Keeps `acks` until [`ShardedFiles::finish`] made the written rows visible.
+    pub fn hold(&mut self, acks: Vec<crate::record::AckToken>) {
+        for a in acks {
+            if !self.held.iter().any(|h| std::sync::Arc::ptr_eq(h, &a)) {
+                self.held.push(a);
+            }
+        }
+    }
+
     pub fn write(&mut self, rows: &RecordBatch) -> Result<(), EngineError> {
         if rows.num_rows() == 0 {
             return Ok(());
@@ -200,6 +213,7 @@ impl ShardedFiles {
                 .map_err(|e| self.err(format!("cannot rename to {}: {e}", path.display())))?;
             written.push(path);
         }
+        self.held.clear();
         Ok(written)
     }
 }

@@ -152,7 +152,9 @@ impl Operator for WriteToJson {
         batch: Batch,
         _out: &mut Output,
     ) -> Result<(), EngineError> {
-        self.files.write(&batch.user_rows())
+        self.files.write(&batch.user_rows())?;
+        self.files.hold(batch.acks);
+        Ok(())
     }
 
     async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {

@@ -185,6 +185,12 @@ pub fn build(
                     errors,
                 }))
             }
+            TransformConfig::ReadFromPubSub(c) => Stage::Source(Box::new(
+                crate::pubsub::ReadFromPubSub::new(name, c, batch_size, errors, ports),
+            )),
+            TransformConfig::WriteToPubSub(c) => Stage::Operator(Box::new(
+                crate::pubsub::WriteToPubSub::new(name, &spec.name, c, errors),
+            )),
             TransformConfig::AssignTimestamps { .. }
             | TransformConfig::WindowInto { .. }
             | TransformConfig::Combine { .. }

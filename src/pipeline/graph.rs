@@ -51,6 +51,7 @@ pub fn is_source(config: &TransformConfig) -> bool {
             | TransformConfig::ReadFromJson { .. }
             | TransformConfig::ReadFromCsv { .. }
             | TransformConfig::ReadFromParquet { .. }
+            | TransformConfig::ReadFromPubSub(_)
     )
 }
 
@@ -62,6 +63,7 @@ pub fn is_sink(config: &TransformConfig) -> bool {
             | TransformConfig::WriteToCsv { .. }
             | TransformConfig::WriteToParquet(_)
             | TransformConfig::AssertEqual { .. }
+            | TransformConfig::WriteToPubSub(_)
     )
 }
 

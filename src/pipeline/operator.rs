@@ -169,6 +169,19 @@ pub trait SourceSink: Send {
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError>;
     /// True once a stop was requested (SIGINT/SIGTERM): read no more and return.
     fn stopping(&self) -> bool;
+    /// `--until-idle`: a streaming source ends after no input arrived for this long.
+    fn until_idle(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// A flag the runner sets when the run aborts; acknowledgement holds check it on release.
+    fn failed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::default()
+    }
+    /// Work to await after every stage finished, or was dropped because the run failed (e.g.
+    /// sending the last acknowledgements or nacks), before the run reports its outcome.
+    fn defer(&mut self, work: futures::future::BoxFuture<'static, ()>) {
+        drop(work);
+    }
 }
 
 /// A stage with no inputs.

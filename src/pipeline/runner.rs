@@ -5,9 +5,12 @@
 //! sources. Watermarks flow in-band and a stage forwards the minimum over its inputs; `End`
 //! arrives once per input, and a stage ends after all its inputs did.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -95,6 +98,35 @@ pub struct RunReport {
 #[derive(Clone)]
 pub struct RunControl {
     pub stop: watch::Receiver<bool>,
+    /// `--until-idle`: streaming sources end after no message arrived for this long.
+    pub until_idle: Option<Duration>,
+    /// Set when the run aborts (a stage failed or panicked) before the stages are dropped, so
+    /// acknowledgement holds released by the abort do not acknowledge anything.
+    pub failed: Arc<AtomicBool>,
+    /// Work sources defer until every stage finished or was dropped (flushing acknowledgements).
+    deferred: Arc<Mutex<Vec<BoxFuture<'static, ()>>>>,
+}
+
+impl RunControl {
+    pub fn new(stop: watch::Receiver<bool>) -> Self {
+        RunControl {
+            stop,
+            until_idle: None,
+            failed: Arc::default(),
+            deferred: Arc::default(),
+        }
+    }
+
+    /// Awaits the work sources deferred (after the stages finished or were dropped).
+    async fn run_deferred(&self) {
+        let deferred: Vec<_> = std::mem::take(&mut *self.deferred.lock().expect("not poisoned"));
+        futures::future::join_all(deferred).await;
+    }
+
+    pub fn with_until_idle(mut self, until_idle: Option<Duration>) -> Self {
+        self.until_idle = until_idle;
+        self
+    }
 }
 
 /// Runs every stage of `graph` to completion.
@@ -163,10 +195,15 @@ pub async fn run(
             ))
         });
         if let Err(e) = res {
+            // Held input must be released as "not written": flag first, then drop the stages.
+            control.failed.store(true, Ordering::SeqCst);
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            control.run_deferred().await;
             return Err(e);
         }
     }
+    control.run_deferred().await;
     Ok(RunReport {
         stats: graph
             .nodes
@@ -204,6 +241,22 @@ impl SourceSink for SourceOut {
 
     fn stopping(&self) -> bool {
         *self.control.stop.borrow()
+    }
+
+    fn until_idle(&self) -> Option<Duration> {
+        self.control.until_idle
+    }
+
+    fn failed_flag(&self) -> Arc<AtomicBool> {
+        self.control.failed.clone()
+    }
+
+    fn defer(&mut self, work: BoxFuture<'static, ()>) {
+        self.control
+            .deferred
+            .lock()
+            .expect("not poisoned")
+            .push(work);
     }
 }
 

@@ -1,0 +1,505 @@
+//! End-to-end tests of `ReadFromPubSub`, `WriteToPubSub` and `sluice setup` against Google's
+//! Pub/Sub emulator, driving the real `sluice` binary.
+//!
+//! Run them with `emulator-tests/run-pubsub-tests.sh` (starts the emulator on a free port, sets
+//! `PUBSUB_EMULATOR_HOST` and `SLUICE_REQUIRE_EMULATORS=1`, runs this file, stops it). Without
+//! `PUBSUB_EMULATOR_HOST` each test returns early with a note, unless `SLUICE_REQUIRE_EMULATORS`
+//! is set, in which case it fails: the script's run can never pass by skipping.
+//! Every test uses its own topics and subscriptions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use google_cloud_pubsub::model::Message;
+use serde_json::{Value, json};
+use sluice::pubsub::Connection;
+
+const PROJECT: &str = "test-project";
+
+fn emulator() -> Option<Connection> {
+    match std::env::var("PUBSUB_EMULATOR_HOST") {
+        Ok(h) if !h.trim().is_empty() => Some(Connection {
+            emulator: Some(format!("http://{h}")),
+            project: Some(PROJECT.into()),
+        }),
+        _ => {
+            assert!(
+                std::env::var_os("SLUICE_REQUIRE_EMULATORS").is_none(),
+                "SLUICE_REQUIRE_EMULATORS is set but PUBSUB_EMULATOR_HOST is not"
+            );
+            eprintln!(
+                "note: PUBSUB_EMULATOR_HOST is not set; run emulator-tests/run-pubsub-tests.sh"
+            );
+            None
+        }
+    }
+}
+
+/// Resource ids unique to this test and process (ids must start with a letter, ≥ 3 chars).
+fn ids(test: &str) -> impl Fn(&str) -> String {
+    let pid = std::process::id();
+    let test = test.to_string();
+    move |what: &str| format!("{test}-{what}-{pid}")
+}
+
+fn topic(name: &str) -> String {
+    format!("projects/{PROJECT}/topics/{name}")
+}
+
+fn sub(name: &str) -> String {
+    format!("projects/{PROJECT}/subscriptions/{name}")
+}
+
+async fn sluice(args: &[&str], host: &Connection) -> std::process::Output {
+    let host = host
+        .emulator
+        .as_deref()
+        .expect("emulator")
+        .trim_start_matches("http://")
+        .to_string();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("PUBSUB_EMULATOR_HOST", host)
+        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
+        .env("RUST_LOG", "sluice=info")
+        .output()
+        .await
+        .expect("the sluice binary runs")
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn create_subscription(conn: &Connection, name: &str, on_topic: &str) {
+    conn.subscription_admin()
+        .await
+        .expect("admin client")
+        .create_subscription()
+        .set_name(sub(name))
+        .set_topic(topic(on_topic))
+        .set_ack_deadline_seconds(10)
+        .send()
+        .await
+        .expect("create subscription");
+}
+
+/// Publishes `(payload, attributes)` messages; returns their message ids.
+async fn publish(conn: &Connection, to: &str, msgs: &[(&str, &[(&str, &str)])]) -> Vec<String> {
+    let p = conn
+        .publisher(&topic(to), 100, Duration::from_millis(1))
+        .await
+        .expect("publisher");
+    let futures: Vec<_> = msgs
+        .iter()
+        .map(|(data, attrs)| {
+            p.publish(
+                Message::new()
+                    .set_data(data.as_bytes().to_vec())
+                    .set_attributes(attrs.iter().map(|(k, v)| (*k, *v))),
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for f in futures {
+        ids.push(f.await.expect("published"));
+    }
+    ids
+}
+
+/// Pulls (and acknowledges) everything `name` delivers until nothing came for `idle`.
+async fn pull_all(conn: &Connection, name: &str, idle: Duration) -> Vec<Message> {
+    let subscriber = conn.subscriber().await.expect("subscriber");
+    let mut stream = subscriber.subscribe(sub(name)).build();
+    let mut got = Vec::new();
+    while let Ok(Some(next)) = tokio::time::timeout(idle, stream.next()).await {
+        let (m, h) = next.expect("streaming pull");
+        h.ack();
+        got.push(m);
+    }
+    stream.shutdown_token().shutdown().await;
+    got
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn sorted_by_id(mut v: Vec<Value>) -> Vec<Value> {
+    v.sort_by_key(|r| r["id"].as_i64());
+    v
+}
+
+const SCHEMA: &str = r#"
+        schema:
+          type: object
+          properties:
+            id: {type: integer}
+            name: {type: string}
+          required: [id]"#;
+
+/// Valid messages become exactly the expected rows in a file and on a topic (with `sluice_id`
+/// = the input message id); malformed ones reach the error output (file and dead-letter topic)
+/// with payload, error and transform; after `--until-idle` nothing is left unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_map_write_exact_rows_errors_and_acks() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("rmw");
+    let (input, input_sub, output, output_sub, dlq, dlq_sub) = (
+        id("in"),
+        id("in-sub"),
+        id("out"),
+        id("out-sub"),
+        id("dlq"),
+        id("dlq-sub"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: JSON{SCHEMA}
+        attributes: [kind]
+        metadata_fields: [message_id]
+        error_handling:
+          output: bad
+        flow_control:
+          lease_extension: 10s
+        subscription_settings:
+          topic: {input}
+          ack_deadline: 10s
+    - type: MapToFields
+      name: Shape
+      input: Read
+      config:
+        language: sql
+        fields:
+          id: id
+          name: upper(name)
+          kind: kind
+          doubled: id * 2
+          message_id: message_id
+    - type: WriteToJson
+      name: WriteRows
+      input: Shape
+      config:
+        path: {d}/rows
+    - type: WriteToPubSub
+      name: Publish
+      input: Shape
+      config:
+        topic: {output}
+    - type: WriteToJson
+      name: WriteBad
+      input: Read.bad
+      config:
+        path: {d}/bad
+    - type: WriteToPubSub
+      name: DeadLetters
+      input: Read.bad
+      config:
+        topic: {dlq}
+"#
+        ),
+    )
+    .expect("write pipeline");
+    let p = pipeline.to_str().expect("utf-8 path");
+
+    // setup creates the four resources, and a second run finds them.
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("created ").count(), 4, "{}", show(&out));
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("exists ").count(),
+        4,
+        "{}",
+        show(&out)
+    );
+    create_subscription(&conn, &output_sub, &output).await;
+    create_subscription(&conn, &dlq_sub, &dlq).await;
+
+    let msg_ids = publish(
+        &conn,
+        &input,
+        &[
+            (r#"{"id": 1, "name": "a"}"#, &[("kind", "x")]),
+            ("not json", &[("kind", "x")]),
+            (r#"{"id": 2, "name": "b"}"#, &[("kind", "y")]),
+            (r#"{"name": "no id"}"#, &[]),
+            ("{\n  \"id\": 3\n}", &[]),
+        ],
+    )
+    .await;
+
+    let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+
+    let expected = json!([
+        {"id": 1, "name": "A", "kind": "x", "doubled": 2, "message_id": msg_ids[0]},
+        {"id": 2, "name": "B", "kind": "y", "doubled": 4, "message_id": msg_ids[2]},
+        {"id": 3, "name": null, "kind": null, "doubled": 6, "message_id": msg_ids[4]},
+    ]);
+    let rows = sorted_by_id(json_lines(&dir.path().join("rows-00000-of-00001")));
+    assert_eq!(Value::from(rows), expected);
+
+    let published = pull_all(&conn, &output_sub, Duration::from_secs(2)).await;
+    let mut by_id: BTreeMap<i64, (Value, String)> = BTreeMap::new();
+    for m in &published {
+        let v: Value = serde_json::from_slice(&m.data).expect("JSON payload");
+        let sid = m.attributes.get("sluice_id").cloned().unwrap_or_default();
+        by_id.insert(v["id"].as_i64().expect("id"), (v, sid));
+    }
+    assert_eq!(published.len(), 3, "{published:?}");
+    let payloads: Vec<Value> = by_id.values().map(|(v, _)| v.clone()).collect();
+    assert_eq!(Value::from(payloads), expected);
+    let sids: Vec<&str> = by_id.values().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(sids, vec![&msg_ids[0], &msg_ids[2], &msg_ids[4]]);
+
+    let mut bad = json_lines(&dir.path().join("bad-00000-of-00001"));
+    bad.sort_by_key(|r| r["element"].as_str().map(str::to_string));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert_eq!(bad[0]["element"], "not json");
+    assert_eq!(bad[1]["element"], r#"{"name": "no id"}"#);
+    for b in &bad {
+        assert_eq!(b["transform"], "Read");
+        assert!(!b["msg"].as_str().unwrap_or_default().is_empty(), "{b}");
+    }
+    let mut dead: Vec<Value> = pull_all(&conn, &dlq_sub, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.data).expect("JSON dead letter"))
+        .collect();
+    dead.sort_by_key(|r| r["element"].as_str().map(str::to_string));
+    assert_eq!(dead, bad);
+
+    // Nothing left: an unacknowledged message would be redelivered once its 10s lease lapsed.
+    let left = pull_all(&conn, &input_sub, Duration::from_secs(13)).await;
+    assert!(left.is_empty(), "unacknowledged after the run: {left:?}");
+}
+
+/// A run that fails (its sink's topic does not exist) acknowledges nothing: the message is
+/// nacked, redelivered, and after `max_delivery_attempts` lands in the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacked_past_max_delivery_attempts_lands_in_dead_letter_topic() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("dlp");
+    let (input, input_sub, dlq, dlq_sub, missing) = (
+        id("in"),
+        id("in-sub"),
+        id("dlq"),
+        id("dlq-sub"),
+        id("missing"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: RAW
+        metadata_fields: [delivery_attempt]
+        subscription_settings:
+          topic: {input}
+          dead_letter:
+            topic: {dlq}
+            max_delivery_attempts: 5
+    - type: WriteToPubSub
+      name: Publish
+      input: Read
+      config:
+        topic: {missing}
+        format: RAW
+"#
+        ),
+    )
+    .expect("write pipeline");
+    let p = pipeline.to_str().expect("utf-8 path");
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    create_subscription(&conn, &dlq_sub, &dlq).await;
+    publish(&conn, &input, &[("poison", &[])]).await;
+
+    let mut failures = 0;
+    let mut dead = Vec::new();
+    for _ in 0..8 {
+        let out = sluice(&["run", p, "--until-idle", "2s"], &conn).await;
+        if !out.status.success() {
+            failures += 1;
+            assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        }
+        dead = pull_all(&conn, &dlq_sub, Duration::from_secs(1)).await;
+        if !dead.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(dead.len(), 1, "after {failures} failed runs");
+    assert_eq!(&dead[0].data[..], b"poison");
+    assert!(failures >= 5, "{failures} failed runs");
+    let left = pull_all(&conn, &input_sub, Duration::from_secs(1)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A worker killed (SIGKILL) before its sink wrote leaves its messages unacknowledged: they are
+/// redelivered and the next run produces exactly the same output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_redelivers_and_rerun_gives_same_output() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("kill");
+    let (input, input_sub) = (id("in"), id("in-sub"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: JSON{SCHEMA}
+        flow_control:
+          lease_extension: 10s
+        subscription_settings:
+          topic: {input}
+          ack_deadline: 10s
+    - type: MapToFields
+      name: Shape
+      input: Read
+      config:
+        language: sql
+        fields:
+          id: id
+          tripled: id * 3
+    - type: WriteToJson
+      name: Write
+      input: Shape
+      config:
+        path: {d}/out
+"#
+        ),
+    )
+    .expect("write pipeline");
+    let p = pipeline.to_str().expect("utf-8 path");
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    publish(
+        &conn,
+        &input,
+        &[(r#"{"id": 1}"#, &[]), (r#"{"id": 2}"#, &[]), (r#"{"id": 3}"#, &[])],
+    )
+    .await;
+
+    // The file sink completes (and acknowledges) only when the run ends, after 60s idle: the
+    // kill after 4s is certainly before the sink's write.
+    let host = conn.emulator.as_deref().expect("emulator");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", p, "--until-idle", "60s"])
+        .env("PUBSUB_EMULATOR_HOST", host.trim_start_matches("http://"))
+        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    child.start_kill().expect("SIGKILL");
+    let status = child.wait().await.expect("wait");
+    assert!(!status.success());
+    assert!(!dir.path().join("out-00000-of-00001").exists());
+
+    // Redelivery comes once the killed worker's 10s lease lapsed.
+    let out = sluice(&["run", p, "--until-idle", "15s"], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let rows = sorted_by_id(json_lines(&dir.path().join("out-00000-of-00001")));
+    assert_eq!(
+        Value::from(rows),
+        json!([
+            {"id": 1, "tripled": 3},
+            {"id": 2, "tripled": 6},
+            {"id": 3, "tripled": 9},
+        ])
+    );
+    let left = pull_all(&conn, &input_sub, Duration::from_secs(2)).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `topic:` reads through a subscription created for the run (and deleted after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_topic_uses_a_temporary_subscription() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("tmp");
+    let (input, output, output_sub) = (id("in"), id("out"), id("out-sub"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        topic: {input}
+        format: RAW
+        attributes_map: attrs
+    - type: WriteToPubSub
+      name: Forward
+      input: Read
+      config:
+        topic: {output}
+        format: RAW
+        attributes_map: attrs
+"#
+        ),
+    )
+    .expect("write pipeline");
+    let p = pipeline.to_str().expect("utf-8 path");
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    create_subscription(&conn, &output_sub, &output).await;
+    let p2 = p.to_string();
+    let conn2 = conn.clone();
+    let run = tokio::spawn(async move { sluice(&["run", &p2, "--until-idle", "4s"], &conn2).await });
+    // The run's subscription exists only once it started.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    publish(&conn, &input, &[("hello", &[("a", "1"), ("b", "2")])]).await;
+    let out = run.await.expect("join");
+    assert!(out.status.success(), "{}", show(&out));
+    let got = pull_all(&conn, &output_sub, Duration::from_secs(2)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].data[..], b"hello");
+    assert_eq!(got[0].attributes.get("a").map(String::as_str), Some("1"));
+    assert_eq!(got[0].attributes.get("b").map(String::as_str), Some("2"));
+    assert!(got[0].attributes.contains_key("sluice_id"));
+}

@@ -1,0 +1,160 @@
+//! Acknowledgement holds for pulled messages, and the source watermark: pure bookkeeping, no I/O.
+//!
+//! [`MessageAcks`] is the [`AckToken`](crate::record::AckToken) a `ReadFromPubSub` batch
+//! carries. Every batch derived from those messages holds a clone, and sinks drop theirs only
+//! after the durable write, so the last drop means "everything derived from these messages was
+//! written" and acknowledges them. If the run failed, the runner set the shared `failed` flag
+//! first, and the drop nacks instead: the messages are redelivered, nothing unwritten is acked.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::pipeline::EventTime;
+
+/// Something that can be acknowledged or rejected once: a message handler of the client library
+/// (a trait so the bookkeeping is tested without a server).
+pub trait Ackable: Send {
+    fn ack(self: Box<Self>);
+    fn nack(self: Box<Self>);
+}
+
+impl Ackable for google_cloud_pubsub::subscriber::handler::Handler {
+    fn ack(self: Box<Self>) {
+        google_cloud_pubsub::subscriber::handler::Handler::ack(*self);
+    }
+    fn nack(self: Box<Self>) {
+        google_cloud_pubsub::subscriber::handler::Handler::nack(*self);
+    }
+}
+
+/// The acknowledgement hold of one emitted batch of messages.
+pub struct MessageAcks {
+    handlers: Mutex<Vec<Box<dyn Ackable>>>,
+    failed: Arc<AtomicBool>,
+}
+
+impl MessageAcks {
+    pub fn new(handlers: Vec<Box<dyn Ackable>>, failed: Arc<AtomicBool>) -> Self {
+        MessageAcks {
+            handlers: Mutex::new(handlers),
+            failed,
+        }
+    }
+}
+
+impl Drop for MessageAcks {
+    fn drop(&mut self) {
+        let handlers = match self.handlers.get_mut() {
+            Ok(h) => std::mem::take(h),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        if self.failed.load(Ordering::SeqCst) {
+            tracing::debug!(
+                messages = handlers.len(),
+                "Run failed: nacking held messages"
+            );
+            handlers.into_iter().for_each(|h| h.nack());
+        } else {
+            handlers.into_iter().for_each(|h| h.ack());
+        }
+    }
+}
+
+/// The watermark of one source: max event time seen − `max_delay`, never going back.
+#[derive(Debug, Clone)]
+pub struct Watermark {
+    max_delay_ms: i64,
+    max_event: Option<EventTime>,
+    current: EventTime,
+}
+
+impl Watermark {
+    pub fn new(max_delay: std::time::Duration) -> Self {
+        Watermark {
+            max_delay_ms: i64::try_from(max_delay.as_millis()).unwrap_or(i64::MAX),
+            max_event: None,
+            current: EventTime::MIN,
+        }
+    }
+
+    /// Records the largest event time of a batch; returns the new watermark if it advanced.
+    pub fn observe(&mut self, max_event_time: EventTime) -> Option<EventTime> {
+        let max = self.max_event.map_or(max_event_time, |m| m.max(max_event_time));
+        self.max_event = Some(max);
+        self.advance_to(max.saturating_sub(self.max_delay_ms))
+    }
+
+    /// The source was idle: advance to wall-clock `now_ms` − `max_delay` (never backwards).
+    pub fn idle(&mut self, now_ms: EventTime) -> Option<EventTime> {
+        self.advance_to(now_ms.saturating_sub(self.max_delay_ms))
+    }
+
+    fn advance_to(&mut self, wm: EventTime) -> Option<EventTime> {
+        (wm > self.current).then(|| {
+            self.current = wm;
+            wm
+        })
+    }
+
+    pub fn current(&self) -> EventTime {
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct Probe(Arc<Mutex<Vec<&'static str>>>);
+    impl Ackable for Probe {
+        fn ack(self: Box<Self>) {
+            self.0.lock().unwrap().push("ack");
+        }
+        fn nack(self: Box<Self>) {
+            self.0.lock().unwrap().push("nack");
+        }
+    }
+
+    fn token(log: &Arc<Mutex<Vec<&'static str>>>, failed: &Arc<AtomicBool>) -> crate::record::AckToken {
+        Arc::new(MessageAcks::new(
+            vec![Box::new(Probe(log.clone())), Box::new(Probe(log.clone()))],
+            failed.clone(),
+        ))
+    }
+
+    #[test]
+    fn acks_when_the_last_hold_is_released() {
+        let log = Arc::default();
+        let failed = Arc::new(AtomicBool::new(false));
+        let t = token(&log, &failed);
+        let copy = t.clone();
+        drop(t);
+        assert!(log.lock().unwrap().is_empty());
+        drop(copy);
+        assert_eq!(*log.lock().unwrap(), vec!["ack", "ack"]);
+    }
+
+    #[test]
+    fn a_failed_run_nacks() {
+        let log = Arc::default();
+        let failed = Arc::new(AtomicBool::new(false));
+        let t = token(&log, &failed);
+        failed.store(true, Ordering::SeqCst);
+        drop(t);
+        assert_eq!(*log.lock().unwrap(), vec!["nack", "nack"]);
+    }
+
+    #[test]
+    fn watermark_trails_max_event_time() {
+        let mut w = Watermark::new(Duration::from_secs(10));
+        assert_eq!(w.observe(100_000), Some(90_000));
+        assert_eq!(w.observe(50_000), None);
+        assert_eq!(w.observe(95_000), None);
+        assert_eq!(w.observe(101_000), Some(91_000));
+        assert_eq!(w.idle(50_000), None);
+        assert_eq!(w.idle(200_000), Some(190_000));
+        assert_eq!(w.current(), 190_000);
+    }
+}

@@ -1,0 +1,531 @@
+//! The configs of `ReadFromPubSub` and `WriteToPubSub` (Beam YAML keys plus Sluice's extensions)
+//! and how they are read from the pipeline file. These `///` docs are the user reference;
+//! `docs/pubsub.md` shows them in context.
+
+use std::time::Duration;
+
+use marked_yaml::Node;
+
+use crate::config::diag::{Pos, Reporter, suggest};
+use crate::config::yaml::{Located, MapReader, pos_of, to_json};
+
+/// Payload encoding, Beam's `format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per message, decoded with the declared `schema`.
+    Json,
+    /// The payload as bytes, in a single `payload` column (Beam's RAW).
+    Raw,
+}
+
+/// Where `ReadFromPubSub` reads from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadFrom {
+    /// An existing subscription (`projects/P/subscriptions/S` or a bare id in the default
+    /// project). Messages are acknowledged on it, so a restart resumes where the last run
+    /// stopped.
+    Subscription(Located<String>),
+    /// A topic: Sluice creates a subscription for this run and deletes it at the end, so only
+    /// messages published while the pipeline runs are read (as Beam does).
+    Topic(Located<String>),
+}
+
+/// Columns for message metadata, a Sluice extension (`metadata_fields:`). Each is off unless
+/// named: `{message_id: id, publish_time: published}` or the list form `[message_id]` (the
+/// column then has the metadata's own name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetadataFields {
+    /// Utf8: the Pub/Sub message id.
+    pub message_id: Option<String>,
+    /// Timestamp(ms, UTC): when Pub/Sub received the message.
+    pub publish_time: Option<String>,
+    /// Utf8: the ordering key (empty string when none).
+    pub ordering_key: Option<String>,
+    /// Int64: the delivery attempt, counted by Pub/Sub only when the subscription has a
+    /// dead-letter policy (null otherwise).
+    pub delivery_attempt: Option<String>,
+}
+
+pub const METADATA_NAMES: &[&str] = &[
+    "message_id",
+    "publish_time",
+    "ordering_key",
+    "delivery_attempt",
+];
+
+/// Source watermark settings, the Sluice extension `watermark: {max_delay, idle_timeout}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatermarkConfig {
+    /// Watermark = max event time seen − `max_delay` (default 10s).
+    pub max_delay: Duration,
+    /// After this long without a message the watermark advances to wall-clock time −
+    /// `max_delay`, so windows of an idle stream still close. Off unless given.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig {
+            max_delay: Duration::from_secs(10),
+            idle_timeout: None,
+        }
+    }
+}
+
+/// Client flow control, the Sluice extension `flow_control:`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowControl {
+    /// Messages held (pulled, not yet acknowledged) at most; the server stops sending beyond.
+    pub max_outstanding_messages: i64,
+    /// Payload bytes held at most.
+    pub max_outstanding_bytes: i64,
+    /// How long Sluice keeps extending the lease of a held message (default 1h).
+    pub max_lease: Duration,
+    /// How far each lease extension reaches (10s..600s, default 60s): after a crash, held
+    /// messages are redelivered at most this long later.
+    pub lease_extension: Duration,
+    /// Linger: how long the source waits to fill a batch before emitting a smaller one.
+    pub max_batch_delay: Duration,
+}
+
+impl Default for FlowControl {
+    fn default() -> Self {
+        FlowControl {
+            // The client library's defaults: 1000 messages, 100 MiB.
+            max_outstanding_messages: 1000,
+            max_outstanding_bytes: 100 << 20,
+            max_lease: Duration::from_secs(3600),
+            lease_extension: Duration::from_secs(60),
+            // 50 ms adds little latency and lets a busy stream fill batches of hundreds of
+            // messages; Dataflow's streaming bundles are closed on a similar timescale.
+            max_batch_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Dead-letter policy of a subscription `sluice setup` creates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub topic: Located<String>,
+    /// 5..=100 on Pub/Sub (default 5).
+    pub max_delivery_attempts: i32,
+}
+
+/// The Sluice extension `subscription_settings:` of `ReadFromPubSub`: what `sluice setup`
+/// creates. Ignored by `sluice run`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriptionSettings {
+    /// The topic the subscription attaches to (created too). Required with `subscription:`.
+    pub topic: Option<Located<String>>,
+    pub ack_deadline: Option<Duration>,
+    pub retention: Option<Duration>,
+    pub retain_acked_messages: bool,
+    pub filter: Option<String>,
+    pub enable_message_ordering: bool,
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// `ReadFromPubSub`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadConfig {
+    pub from: ReadFrom,
+    pub format: Format,
+    /// JSON Schema of the payload (required for `format: JSON`).
+    pub schema: Option<serde_json::Value>,
+    /// Attributes copied into string columns of the same name (null when absent).
+    pub attributes: Vec<String>,
+    /// A column holding every attribute as a map<string, string>.
+    pub attributes_map: Option<String>,
+    /// Attribute holding a unique id of the message: it becomes the row id (`__sluice_id`)
+    /// instead of the Pub/Sub message id, so republished duplicates get the same id.
+    pub id_attribute: Option<String>,
+    /// Attribute holding the event time (RFC 3339, or milliseconds since the epoch); the
+    /// publish time is used without it.
+    pub timestamp_attribute: Option<String>,
+    pub metadata: MetadataFields,
+    pub watermark: WatermarkConfig,
+    pub flow_control: FlowControl,
+    pub subscription_settings: SubscriptionSettings,
+    /// Name of the error output, when `error_handling` is given inside `config` (Beam's place
+    /// for I/O transforms). The transform-level `error_handling` works as well.
+    pub error_output: Option<Located<String>>,
+}
+
+/// `WriteToPubSub`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteConfig {
+    pub topic: Located<String>,
+    pub format: Format,
+    /// Fields published as attributes (and left out of the payload).
+    pub attributes: Vec<String>,
+    /// A map<string, string> field whose entries become attributes.
+    pub attributes_map: Option<String>,
+    /// Attribute that receives the row's deterministic id (as does `sluice_id` always).
+    pub id_attribute: Option<String>,
+    /// Attribute that receives the row's event time in milliseconds since the epoch.
+    pub timestamp_attribute: Option<String>,
+    /// Sluice extension: field whose value is the message's ordering key.
+    pub ordering_key: Option<String>,
+    pub error_output: Option<Located<String>>,
+}
+
+const READ_KEYS: &[&str] = &[
+    "topic",
+    "subscription",
+    "format",
+    "schema",
+    "attributes",
+    "attributes_map",
+    "id_attribute",
+    "timestamp_attribute",
+    "error_handling",
+    "metadata_fields",
+    "watermark",
+    "flow_control",
+    "subscription_settings",
+];
+
+const WRITE_KEYS: &[&str] = &[
+    "topic",
+    "format",
+    "attributes",
+    "attributes_map",
+    "id_attribute",
+    "timestamp_attribute",
+    "ordering_key",
+    "error_handling",
+];
+
+/// Reads `ReadFromPubSub`'s config; `None` when it is unusable (problems were reported).
+pub fn parse_read(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Option<ReadConfig> {
+    let mut r = MapReader::new(node, fallback, "`ReadFromPubSub` config", READ_KEYS, rep);
+    let topic = r.string("topic", rep);
+    let subscription = r.string("subscription", rep);
+    let from = match (topic, subscription) {
+        (Some(_), Some(s)) => {
+            rep.error(
+                s.pos,
+                "give either `topic` or `subscription`, not both",
+                Some("`subscription` reads an existing subscription; `topic` creates one for this run".into()),
+            );
+            None
+        }
+        (Some(t), None) => Some(ReadFrom::Topic(t)),
+        (None, Some(s)) => Some(ReadFrom::Subscription(s)),
+        (None, None) => {
+            rep.error(
+                r.pos(),
+                "`ReadFromPubSub` needs `topic` or `subscription`",
+                None,
+            );
+            None
+        }
+    };
+    let format = format(&mut r, rep);
+    let schema = r.node("schema").map(|n| match to_json(n) {
+        serde_json::Value::String(s) => {
+            serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))
+        }
+        v => v,
+    });
+    if format == Format::Json && schema.is_none() {
+        rep.error(
+            r.pos(),
+            "`format: JSON` needs a `schema` (JSON Schema of the payload)",
+            Some("or use `format: RAW` to read the payload as bytes".into()),
+        );
+    }
+    if let Some(s) = &schema {
+        if let Err(e) = crate::record::schema::from_json_schema(s) {
+            rep.error(r.pos(), format!("invalid `schema`: {e}"), None);
+        }
+    }
+    let attributes = strings(&mut r, "attributes", rep);
+    let attributes_map = r.string("attributes_map", rep).map(|s| s.value);
+    let id_attribute = r.string("id_attribute", rep).map(|s| s.value);
+    let timestamp_attribute = r.string("timestamp_attribute", rep).map(|s| s.value);
+    let error_output = error_handling(&mut r, rep);
+    let metadata = r
+        .node("metadata_fields")
+        .map(|n| metadata_fields(n, rep))
+        .unwrap_or_default();
+    let watermark = r
+        .node("watermark")
+        .map(|n| watermark(n, rep))
+        .unwrap_or_default();
+    let flow_control = r
+        .node("flow_control")
+        .map(|n| flow_control(n, rep))
+        .unwrap_or_default();
+    let subscription_settings = r
+        .node("subscription_settings")
+        .map(|n| subscription_settings(n, rep))
+        .unwrap_or_default();
+    r.finish(rep);
+    Some(ReadConfig {
+        from: from?,
+        format,
+        schema,
+        attributes,
+        attributes_map,
+        id_attribute,
+        timestamp_attribute,
+        metadata,
+        watermark,
+        flow_control,
+        subscription_settings,
+        error_output,
+    })
+}
+
+/// Reads `WriteToPubSub`'s config; `None` when it is unusable (problems were reported).
+pub fn parse_write(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Option<WriteConfig> {
+    let mut r = MapReader::new(node, fallback, "`WriteToPubSub` config", WRITE_KEYS, rep);
+    let topic = r.required_string("topic", rep);
+    let format = format(&mut r, rep);
+    let attributes = strings(&mut r, "attributes", rep);
+    let attributes_map = r.string("attributes_map", rep).map(|s| s.value);
+    let id_attribute = r.string("id_attribute", rep).map(|s| s.value);
+    let timestamp_attribute = r.string("timestamp_attribute", rep).map(|s| s.value);
+    let ordering_key = r.string("ordering_key", rep).map(|s| s.value);
+    let error_output = error_handling(&mut r, rep);
+    r.finish(rep);
+    Some(WriteConfig {
+        topic: topic?,
+        format,
+        attributes,
+        attributes_map,
+        id_attribute,
+        timestamp_attribute,
+        ordering_key,
+        error_output,
+    })
+}
+
+fn format(r: &mut MapReader<'_>, rep: &mut Reporter) -> Format {
+    match r.string("format", rep) {
+        None => Format::Json,
+        Some(f) if f.value.eq_ignore_ascii_case("json") => Format::Json,
+        Some(f) if f.value.eq_ignore_ascii_case("raw") => Format::Raw,
+        Some(f) => {
+            rep.error(
+                f.pos,
+                format!("Pub/Sub format `{}` is not supported", f.value),
+                Some("Sluice reads and writes `JSON` and `RAW` (Avro and Protobuf are not in this build)".into()),
+            );
+            Format::Json
+        }
+    }
+}
+
+fn strings(r: &mut MapReader<'_>, key: &'static str, rep: &mut Reporter) -> Vec<String> {
+    r.string_list(key, rep)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.value)
+        .collect()
+}
+
+fn error_handling(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<Located<String>> {
+    let node = r.node("error_handling")?;
+    let mut er = MapReader::new(Some(node), pos_of(node), "`error_handling`", &["output"], rep);
+    let out = er.required_string("output", rep);
+    er.finish(rep);
+    out
+}
+
+fn metadata_fields(node: &Node, rep: &mut Reporter) -> MetadataFields {
+    let mut m = MetadataFields::default();
+    let mut set = |name: &str, column: String, pos: Pos, rep: &mut Reporter| match name {
+        "message_id" => m.message_id = Some(column),
+        "publish_time" => m.publish_time = Some(column),
+        "ordering_key" => m.ordering_key = Some(column),
+        "delivery_attempt" => m.delivery_attempt = Some(column),
+        other => rep.error(
+            pos,
+            format!("unknown message metadata `{other}`"),
+            Some(suggest(other, METADATA_NAMES)),
+        ),
+    };
+    match node {
+        Node::Mapping(map) => {
+            for (k, v) in map.iter() {
+                let column = v
+                    .as_scalar()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| k.as_str().to_string());
+                set(k.as_str(), column, Pos::from_span(k.span()), rep);
+            }
+        }
+        other => {
+            for f in crate::config::yaml::string_list(other, "metadata_fields", rep)
+                .unwrap_or_default()
+            {
+                set(&f.value.clone(), f.value, f.pos, rep);
+            }
+        }
+    }
+    m
+}
+
+fn watermark(node: &Node, rep: &mut Reporter) -> WatermarkConfig {
+    let mut r = MapReader::new(
+        Some(node),
+        pos_of(node),
+        "`watermark`",
+        &["max_delay", "idle_timeout"],
+        rep,
+    );
+    let mut w = WatermarkConfig::default();
+    if let Some(d) = r.duration("max_delay", rep) {
+        w.max_delay = d;
+    }
+    w.idle_timeout = r.duration("idle_timeout", rep);
+    r.finish(rep);
+    w
+}
+
+fn flow_control(node: &Node, rep: &mut Reporter) -> FlowControl {
+    let mut r = MapReader::new(
+        Some(node),
+        pos_of(node),
+        "`flow_control`",
+        &[
+            "max_outstanding_messages",
+            "max_outstanding_bytes",
+            "max_lease",
+            "lease_extension",
+            "max_batch_delay",
+        ],
+        rep,
+    );
+    let mut f = FlowControl::default();
+    if let Some(v) = r.u64("max_outstanding_messages", rep) {
+        f.max_outstanding_messages = i64::try_from(v).unwrap_or(i64::MAX);
+    }
+    if let Some(v) = r.u64("max_outstanding_bytes", rep) {
+        f.max_outstanding_bytes = i64::try_from(v).unwrap_or(i64::MAX);
+    }
+    if let Some(d) = r.duration("max_lease", rep) {
+        f.max_lease = d;
+    }
+    if let Some(d) = r.duration("lease_extension", rep) {
+        f.lease_extension = d;
+    }
+    if let Some(d) = r.duration("max_batch_delay", rep) {
+        f.max_batch_delay = d;
+    }
+    r.finish(rep);
+    f
+}
+
+fn subscription_settings(node: &Node, rep: &mut Reporter) -> SubscriptionSettings {
+    let mut r = MapReader::new(
+        Some(node),
+        pos_of(node),
+        "`subscription_settings`",
+        &[
+            "topic",
+            "ack_deadline",
+            "retention",
+            "retain_acked_messages",
+            "filter",
+            "enable_message_ordering",
+            "dead_letter",
+        ],
+        rep,
+    );
+    let topic = r.string("topic", rep);
+    let ack_deadline = r.duration("ack_deadline", rep);
+    if let Some(d) = ack_deadline {
+        if !(10..=600).contains(&d.as_secs()) {
+            rep.error(
+                r.pos(),
+                "`ack_deadline` must be between 10s and 600s (Pub/Sub's limits)",
+                None,
+            );
+        }
+    }
+    let retention = r.duration("retention", rep);
+    let retain_acked_messages = r.bool("retain_acked_messages", false, rep);
+    let filter = r.string("filter", rep).map(|s| s.value);
+    let enable_message_ordering = r.bool("enable_message_ordering", false, rep);
+    let dead_letter = r.node("dead_letter").and_then(|n| {
+        let mut d = MapReader::new(
+            Some(n),
+            pos_of(n),
+            "`dead_letter`",
+            &["topic", "max_delivery_attempts"],
+            rep,
+        );
+        let topic = d.required_string("topic", rep);
+        let attempts = d.u64("max_delivery_attempts", rep).unwrap_or(5);
+        if !(5..=100).contains(&attempts) {
+            rep.error(
+                pos_of(n),
+                "`max_delivery_attempts` must be between 5 and 100 (Pub/Sub's limits)",
+                None,
+            );
+        }
+        d.finish(rep);
+        Some(DeadLetter {
+            topic: topic?,
+            max_delivery_attempts: attempts.clamp(5, 100) as i32,
+        })
+    });
+    r.finish(rep);
+    SubscriptionSettings {
+        topic,
+        ack_deadline,
+        retention,
+        retain_acked_messages,
+        filter,
+        enable_message_ordering,
+        dead_letter,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TransformConfig;
+
+    fn parse(config: &str) -> Result<TransformConfig, String> {
+        let text = format!(
+            "pipeline:\n  transforms:\n    - type: ReadFromPubSub\n      name: Read\n      config:\n{config}\n    - type: LogForTesting\n      input: Read\n"
+        );
+        crate::config::parse("p.yaml", &text, &Default::default())
+            .map(|s| s.transforms[0].config.clone())
+            .map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn reads_beam_keys_and_extensions() {
+        let c = parse(
+            "        subscription: projects/p/subscriptions/s\n        format: RAW\n        attributes: [a, b]\n        metadata_fields: {message_id: mid}\n        watermark: {max_delay: 5s}\n        flow_control: {max_outstanding_messages: 10}\n        subscription_settings:\n          topic: t\n          dead_letter: {topic: dlq, max_delivery_attempts: 7}\n        error_handling: {output: bad}",
+        )
+        .unwrap();
+        let TransformConfig::ReadFromPubSub(c) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(c.format, Format::Raw);
+        assert_eq!(c.attributes, vec!["a", "b"]);
+        assert_eq!(c.metadata.message_id.as_deref(), Some("mid"));
+        assert_eq!(c.watermark.max_delay, Duration::from_secs(5));
+        assert_eq!(c.flow_control.max_outstanding_messages, 10);
+        let dl = c.subscription_settings.dead_letter.as_ref().unwrap();
+        assert_eq!((dl.topic.value.as_str(), dl.max_delivery_attempts), ("dlq", 7));
+        assert_eq!(c.error_output.as_ref().unwrap().value, "bad");
+    }
+
+    #[test]
+    fn reports_problems_with_positions() {
+        let e = parse("        topic: t\n        subscription: s").unwrap_err();
+        assert!(e.contains("either `topic` or `subscription`"), "{e}");
+        let e = parse("        subscription: s\n        format: JSON").unwrap_err();
+        assert!(e.contains("needs a `schema`"), "{e}");
+        let e = parse("        subscription: s\n        format: AVRO\n        metadata_fields: [msg_id]")
+            .unwrap_err();
+        assert!(e.contains("AVRO") && e.contains("msg_id"), "{e}");
+    }
+}

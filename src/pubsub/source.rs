@@ -1,0 +1,317 @@
+//! `ReadFromPubSub`: streaming pull through the official client, batches of up to `batch_size`
+//! messages or `max_batch_delay`, an acknowledgement hold per batch, and the watermark.
+//!
+//! The client library keeps the leases of held messages extended (modifyAckDeadline) up to
+//! `max_lease` and enforces flow control (`max_outstanding_messages/bytes`): while sinks hold
+//! batches, the server stops sending. When `emit` waits (backpressure), the source pulls nothing.
+//! The run ends on SIGINT/SIGTERM or after `--until-idle`; then the source emits watermark +∞
+//! and defers the stream's shutdown until every stage finished, so the last acknowledgements are
+//! sent before `sluice` exits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use google_cloud_pubsub::subscriber::handler::Handler;
+
+use super::ack::{Ackable, MessageAcks, Watermark};
+use super::client::{Connection, PubSubError};
+use super::config::{ReadConfig, ReadFrom};
+use super::decode::{Incoming, MessageDecoder};
+use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink};
+use crate::record::{AckToken, Batch};
+
+/// How often an idle source wakes to check for stop requests, idleness and `--until-idle`.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Upper bound on waiting for the last acknowledgements at the end of a run (they normally take
+/// one round trip; a lost connection must not keep the process alive forever).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct ReadFromPubSub {
+    name: String,
+    cfg: ReadConfig,
+    batch_size: usize,
+    errors: ErrorRoute,
+    ports: usize,
+    conn: Connection,
+}
+
+impl ReadFromPubSub {
+    pub fn new(
+        name: &str,
+        cfg: &ReadConfig,
+        batch_size: usize,
+        errors: ErrorRoute,
+        ports: usize,
+    ) -> Self {
+        ReadFromPubSub {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            batch_size: batch_size.max(1),
+            errors,
+            ports,
+            conn: Connection::from_env(),
+        }
+    }
+
+    fn external(&self, what: &str, e: PubSubError) -> EngineError {
+        EngineError::external(&self.name, format!("{what}: {e}"), e)
+    }
+
+    /// The subscription to pull from; with `topic:`, one created for this run.
+    async fn subscription(&self) -> Result<(String, Option<String>), EngineError> {
+        match &self.cfg.from {
+            ReadFrom::Subscription(s) => self
+                .conn
+                .subscription_path(&s.value)
+                .map(|p| (p, None))
+                .map_err(|e| EngineError::config(&self.name, e.to_string())),
+            ReadFrom::Topic(t) => {
+                let topic = self
+                    .conn
+                    .topic_path(&t.value)
+                    .map_err(|e| EngineError::config(&self.name, e.to_string()))?;
+                let project = topic.split('/').nth(1).unwrap_or_default().to_string();
+                let id = format!(
+                    "sluice-{}-{:016x}",
+                    sanitize(&self.name),
+                    xxhash_rust::xxh3::xxh3_64(
+                        format!("{topic}{}{:?}", std::process::id(), Instant::now()).as_bytes()
+                    )
+                );
+                let path = format!("projects/{project}/subscriptions/{id}");
+                let admin = self
+                    .conn
+                    .subscription_admin()
+                    .await
+                    .map_err(|e| self.external("cannot create a client", e))?;
+                admin
+                    .create_subscription()
+                    .set_name(path.clone())
+                    .set_topic(topic.clone())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        self.external(
+                            &format!("cannot create a subscription to {topic}"),
+                            e.into(),
+                        )
+                    })?;
+                tracing::info!(subscription = %path, topic = %topic, "Created a subscription for this run");
+                Ok((path.clone(), Some(path)))
+            }
+        }
+    }
+
+    /// Decodes and emits one batch of messages with its acknowledgement hold.
+    async fn emit(
+        &self,
+        decoder: &mut MessageDecoder,
+        pending: Vec<(Incoming, Handler)>,
+        failed: &Arc<std::sync::atomic::AtomicBool>,
+        watermark: &mut Watermark,
+        sink: &mut dyn SourceSink,
+    ) -> Result<(), EngineError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (msgs, handlers): (Vec<Incoming>, Vec<Handler>) = pending.into_iter().unzip();
+        let token: AckToken = Arc::new(MessageAcks::new(
+            handlers
+                .into_iter()
+                .map(|h| Box::new(h) as Box<dyn Ackable>)
+                .collect(),
+            failed.clone(),
+        ));
+        let (rows, bad) = decoder.decode(&msgs);
+        let mut out = Output::new(self.ports);
+        let origin = Batch {
+            rows: arrow::array::RecordBatch::new_empty(ErrorRoute::schema()),
+            acks: vec![token.clone()],
+        };
+        self.errors.report(
+            &mut out,
+            &origin,
+            bad.into_iter()
+                .map(|(i, e)| (msgs[i].payload_text(), e))
+                .collect(),
+        );
+        let mut max_ts = None;
+        if let Some(rows) = rows {
+            let batch = Batch {
+                rows,
+                acks: vec![token.clone()],
+            };
+            max_ts = batch
+                .event_times()
+                .and_then(|t| arrow::compute::max(t));
+            out.main(batch);
+        }
+        drop(origin);
+        drop(token);
+        for (port, batch) in out.drain() {
+            sink.emit(port, batch).await?;
+        }
+        if let Some(wm) = max_ts.and_then(|t| watermark.observe(t)) {
+            sink.watermark(wm).await?;
+        }
+        Ok(())
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(40)
+        .collect();
+    s
+}
+
+#[async_trait]
+impl Source for ReadFromPubSub {
+    async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let mut decoder =
+            MessageDecoder::new(&self.cfg).map_err(|e| EngineError::config(&self.name, e))?;
+        let (path, temporary) = self.subscription().await?;
+        let subscriber = self
+            .conn
+            .subscriber()
+            .await
+            .map_err(|e| self.external("cannot create a subscriber", e))?;
+        let fc = self.cfg.flow_control;
+        let mut stream = subscriber
+            .subscribe(path.clone())
+            .set_max_outstanding_messages(fc.max_outstanding_messages)
+            .set_max_outstanding_bytes(fc.max_outstanding_bytes)
+            .set_max_lease(fc.max_lease)
+            .set_max_lease_extension(fc.lease_extension)
+            .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+            .build();
+        // The stream's shutdown completes once every handler (held by batches downstream) was
+        // acked or nacked and those calls were sent: the runner awaits it after the stages
+        // finished, or were dropped on failure, so `sluice` exits only after that.
+        let token = stream.shutdown_token();
+        let conn = self.conn.clone();
+        let name = self.name.clone();
+        sink.defer(Box::pin(async move {
+            if tokio::time::timeout(SHUTDOWN_TIMEOUT, token.shutdown()).await.is_err() {
+                tracing::warn!(transform = %name, "Acknowledgements not confirmed in time; unacknowledged messages will be redelivered");
+            }
+            if let Some(sub) = temporary {
+                delete_subscription(&conn, &sub, &name).await;
+            }
+        }));
+        let failed = sink.failed_flag();
+        let until_idle = sink.until_idle();
+        let mut watermark = Watermark::new(self.cfg.watermark.max_delay);
+        let mut last_message = Instant::now();
+        let mut pending: Vec<(Incoming, Handler)> = Vec::new();
+        let mut batch_started = Instant::now();
+        tracing::info!(subscription = %path, transform = %self.name, "Pulling");
+        let result: Result<(), EngineError> = loop {
+            if sink.stopping() {
+                tracing::info!(transform = %self.name, "Stop requested: ending the stream");
+                break Ok(());
+            }
+            let wait = if pending.is_empty() {
+                POLL
+            } else {
+                fc.max_batch_delay.saturating_sub(batch_started.elapsed())
+            };
+            match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(Ok((m, h)))) => {
+                    if pending.is_empty() {
+                        batch_started = Instant::now();
+                    }
+                    last_message = Instant::now();
+                    let attempt = h.delivery_attempt();
+                    pending.push((Incoming::from_message(m, attempt), h));
+                    if pending.len() >= self.batch_size {
+                        let batch = std::mem::take(&mut pending);
+                        if let Err(e) = self
+                            .emit(&mut decoder, batch, &failed, &mut watermark, sink)
+                            .await
+                        {
+                            break Err(e);
+                        }
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    // The client retries transient stream errors itself; what reaches here is
+                    // permanent (missing subscription, no permission).
+                    break Err(self.external(&format!("streaming pull from {path} failed"), e.into()));
+                }
+                Ok(None) => break Ok(()),
+                Err(_elapsed) => {
+                    if !pending.is_empty() {
+                        let batch = std::mem::take(&mut pending);
+                        if let Err(e) = self
+                            .emit(&mut decoder, batch, &failed, &mut watermark, sink)
+                            .await
+                        {
+                            break Err(e);
+                        }
+                        continue;
+                    }
+                    let idle = last_message.elapsed();
+                    if let Some(limit) = until_idle {
+                        if idle >= limit {
+                            tracing::info!(transform = %self.name, idle = ?idle, "No message for the --until-idle period: ending");
+                            break Ok(());
+                        }
+                    }
+                    if let Some(t) = self.cfg.watermark.idle_timeout {
+                        if idle >= t {
+                            // Idle: the watermark follows the clock so windows still close.
+                            let now = chrono::Utc::now().timestamp_millis();
+                            if let Some(wm) = watermark.idle(now) {
+                                if let Err(e) = sink.watermark(wm).await {
+                                    break Err(e);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if result.is_ok() && !pending.is_empty() {
+            let batch = std::mem::take(&mut pending);
+            self.emit(&mut decoder, batch, &failed, &mut watermark, sink)
+                .await?;
+        }
+        // Messages pulled but not emitted are nacked when their handlers drop.
+        drop(pending);
+        result?;
+        sink.watermark(END_OF_TIME).await?;
+        // Dropping the stream stops pulling; its lease loop keeps extending the leases of
+        // messages still held downstream until they are acked (ShutdownBehavior::WaitForProcessing).
+        drop(stream);
+        Ok(())
+    }
+}
+
+async fn delete_subscription(conn: &Connection, path: &str, name: &str) {
+    let res = match conn.subscription_admin().await {
+        Ok(admin) => admin
+            .delete_subscription()
+            .set_subscription(path.to_string())
+            .send()
+            .await
+            .map_err(PubSubError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = res {
+        tracing::warn!(transform = %name, subscription = %path, error = %e, "Could not delete the subscription created for this run");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subscription_ids_are_valid() {
+        assert_eq!(super::sanitize("Read Events_1"), "read-events-1");
+    }
+}
