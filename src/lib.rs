@@ -7,5 +7,6 @@ pub mod expr;
 pub mod io;
 pub mod pipeline;
 pub mod record;
+pub mod sinks;
 pub mod testing;
 pub mod transforms;

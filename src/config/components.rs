@@ -147,6 +147,8 @@ pub enum TransformConfig {
     Sql {
         query: Located<String>,
     },
+    WriteToPostgres(crate::sinks::postgres::PostgresConfig),
+    WriteToRedis(crate::sinks::redis::RedisConfig),
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -196,8 +198,6 @@ const NOT_YET: &[&str] = &[
     "WriteToPubSub",
     "ReadFromBigQuery",
     "WriteToBigQuery",
-    "WriteToPostgres",
-    "WriteToRedis",
     "Deduplicate",
     "Check",
 ];
@@ -486,6 +486,18 @@ pub fn parse_config(
             query.map_or(TransformConfig::Invalid, |query| TransformConfig::Sql {
                 query,
             })
+        }
+        "WriteToPostgres" => {
+            let mut r = reader!(crate::sinks::postgres::config::KEYS);
+            let cfg = crate::sinks::postgres::config::parse(&mut r, ty.pos, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToPostgres)
+        }
+        "WriteToRedis" => {
+            let mut r = reader!(crate::sinks::redis::config::KEYS);
+            let cfg = crate::sinks::redis::config::parse(&mut r, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToRedis)
         }
         _ if NOT_YET.contains(&t) => {
             let reason = format!(
