@@ -8,6 +8,7 @@ pub mod io;
 pub mod pipeline;
 pub mod pubsub;
 pub mod record;
+pub mod sinks;
 pub mod testing;
 pub mod time;
 pub mod transforms;

@@ -156,6 +156,8 @@ pub enum TransformConfig {
     },
     ReadFromPubSub(Box<crate::pubsub::config::ReadConfig>),
     WriteToPubSub(Box<crate::pubsub::config::WriteConfig>),
+    WriteToPostgres(crate::sinks::postgres::PostgresConfig),
+    WriteToRedis(crate::sinks::redis::RedisConfig),
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -200,13 +202,7 @@ pub const KNOWN_TYPES: &[&str] = &[
 ];
 
 /// Types of the contract whose connector is not in this build yet.
-const NOT_YET: &[&str] = &[
-    "ReadFromBigQuery",
-    "WriteToBigQuery",
-    "WriteToPostgres",
-    "WriteToRedis",
-    "Check",
-];
+const NOT_YET: &[&str] = &["ReadFromBigQuery", "WriteToBigQuery", "Check"];
 
 /// Sluice's watermark extension on `AssignTimestamps` (SPEC §4): bounded out-of-orderness.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -561,6 +557,18 @@ pub fn parse_config(
             .map_or(TransformConfig::Invalid, |c| {
                 TransformConfig::WriteToPubSub(Box::new(c))
             }),
+        "WriteToPostgres" => {
+            let mut r = reader!(crate::sinks::postgres::config::KEYS);
+            let cfg = crate::sinks::postgres::config::parse(&mut r, ty.pos, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToPostgres)
+        }
+        "WriteToRedis" => {
+            let mut r = reader!(crate::sinks::redis::config::KEYS);
+            let cfg = crate::sinks::redis::config::parse(&mut r, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToRedis)
+        }
         _ if NOT_YET.contains(&t) => {
             let reason = format!(
                 "transform type `{t}` is part of Sluice's contract but not available in this build yet"

@@ -10,6 +10,7 @@ use super::operator::{EngineError, ErrorRoute, StageStats};
 use super::runner::Stage;
 use crate::config::{PipelineSpec, TransformConfig};
 use crate::io;
+use crate::sinks;
 use crate::transforms;
 
 /// Rows per batch produced by sources unless `options.batch_size` says otherwise (DataFusion's
@@ -118,6 +119,12 @@ pub fn build(
             }
             TransformConfig::WriteToParquet(s) => Stage::Operator(Box::new(
                 io::parquet::WriteToParquet::new(name, &s.path.value, s.num_shards, st.clone()),
+            )),
+            TransformConfig::WriteToPostgres(c) => Stage::Operator(Box::new(
+                sinks::postgres::WriteToPostgres::new(name, c.clone(), errors, st.clone()),
+            )),
+            TransformConfig::WriteToRedis(c) => Stage::Operator(Box::new(
+                sinks::redis::WriteToRedis::new(name, c.clone(), errors, st.clone()),
             )),
             TransformConfig::LogForTesting { prefix, level } => {
                 Stage::Operator(Box::new(transforms::log::LogForTesting {

@@ -62,6 +62,8 @@ pub fn is_sink(config: &TransformConfig) -> bool {
         TransformConfig::WriteToJson(_)
             | TransformConfig::WriteToCsv { .. }
             | TransformConfig::WriteToParquet(_)
+            | TransformConfig::WriteToPostgres(_)
+            | TransformConfig::WriteToRedis(_)
             | TransformConfig::AssertEqual { .. }
             | TransformConfig::WriteToPubSub(_)
     )

@@ -1,0 +1,9 @@
+//! `WriteToPostgres`: batched, idempotent upserts into a Postgres table.
+
+pub mod config;
+pub mod sink;
+pub mod sql;
+mod tls;
+
+pub use config::{PostgresConfig, Tls};
+pub use sink::WriteToPostgres;
