@@ -147,6 +147,8 @@ pub enum TransformConfig {
     Sql {
         query: Located<String>,
     },
+    WriteToBigQuery(crate::bigquery::WriteConfig),
+    ReadFromBigQuery(crate::bigquery::ReadConfig),
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -194,8 +196,6 @@ pub const KNOWN_TYPES: &[&str] = &[
 const NOT_YET: &[&str] = &[
     "ReadFromPubSub",
     "WriteToPubSub",
-    "ReadFromBigQuery",
-    "WriteToBigQuery",
     "WriteToPostgres",
     "WriteToRedis",
     "Deduplicate",
@@ -486,6 +486,20 @@ pub fn parse_config(
             query.map_or(TransformConfig::Invalid, |query| TransformConfig::Sql {
                 query,
             })
+        }
+        "WriteToBigQuery" => {
+            let mut r = reader!(crate::bigquery::config::WRITE_KEYS);
+            // `error_handling` inside `config` is read with the transform (spec.rs).
+            r.node("error_handling");
+            let cfg = crate::bigquery::config::parse_write(&mut r, ty.pos, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToBigQuery)
+        }
+        "ReadFromBigQuery" => {
+            let mut r = reader!(crate::bigquery::config::READ_KEYS);
+            let cfg = crate::bigquery::config::parse_read(&mut r, ty.pos, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::ReadFromBigQuery)
         }
         _ if NOT_YET.contains(&t) => {
             let reason = format!(

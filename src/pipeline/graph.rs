@@ -51,6 +51,7 @@ pub fn is_source(config: &TransformConfig) -> bool {
             | TransformConfig::ReadFromJson { .. }
             | TransformConfig::ReadFromCsv { .. }
             | TransformConfig::ReadFromParquet { .. }
+            | TransformConfig::ReadFromBigQuery(_)
     )
 }
 
@@ -61,6 +62,7 @@ pub fn is_sink(config: &TransformConfig) -> bool {
         TransformConfig::WriteToJson(_)
             | TransformConfig::WriteToCsv { .. }
             | TransformConfig::WriteToParquet(_)
+            | TransformConfig::WriteToBigQuery(_)
             | TransformConfig::AssertEqual { .. }
     )
 }
