@@ -158,6 +158,8 @@ pub enum TransformConfig {
     WriteToPubSub(Box<crate::pubsub::config::WriteConfig>),
     WriteToPostgres(crate::sinks::postgres::PostgresConfig),
     WriteToRedis(crate::sinks::redis::RedisConfig),
+    WriteToBigQuery(crate::bigquery::WriteConfig),
+    ReadFromBigQuery(crate::bigquery::ReadConfig),
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -202,7 +204,7 @@ pub const KNOWN_TYPES: &[&str] = &[
 ];
 
 /// Types of the contract whose connector is not in this build yet.
-const NOT_YET: &[&str] = &["ReadFromBigQuery", "WriteToBigQuery", "Check"];
+const NOT_YET: &[&str] = &["Check"];
 
 /// Sluice's watermark extension on `AssignTimestamps` (SPEC §4): bounded out-of-orderness.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -212,6 +214,7 @@ pub struct WatermarkSpec {
     /// Processing time without data after which the watermark jumps to the largest event time.
     pub idle_timeout: Option<std::time::Duration>,
 }
+
 
 pub fn parse_config(
     ty: &Located<String>,
@@ -568,6 +571,16 @@ pub fn parse_config(
             let cfg = crate::sinks::redis::config::parse(&mut r, rep);
             r.finish(rep);
             cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToRedis)
+        "WriteToBigQuery" => {
+            let mut r = reader!(crate::bigquery::config::WRITE_KEYS);
+            // `error_handling` inside `config` is read with the transform (spec.rs).
+            r.node("error_handling");
+            let cfg = crate::bigquery::config::parse_write(&mut r, ty.pos, rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToBigQuery)
+        "ReadFromBigQuery" => {
+            let mut r = reader!(crate::bigquery::config::READ_KEYS);
+            let cfg = crate::bigquery::config::parse_read(&mut r, ty.pos, rep);
+            cfg.map_or(TransformConfig::Invalid, TransformConfig::ReadFromBigQuery)
         }
         _ if NOT_YET.contains(&t) => {
             let reason = format!(

@@ -407,7 +407,13 @@ fn parse_transform(node: &Node, rep: &mut Reporter) -> Option<TransformSpec> {
     let config_node = r.node("config");
     let config = parse_config(&type_name, config_node, rep);
     let windowing = r.node("windowing").and_then(|w| parse_windowing(w, rep));
-    let error_output = r.node("error_handling").and_then(|e| {
+    // Beam YAML also accepts `error_handling` inside `config` (WriteToBigQuery documents it
+    // there); components that accept it list it among their config keys.
+    let config_error_handling = match config_node {
+        Some(marked_yaml::Node::Mapping(m)) => m.get_node("error_handling"),
+        _ => None,
+    };
+    let error_output = r.node("error_handling").or(config_error_handling).and_then(|e| {
         let mut er = MapReader::new(Some(e), pos_of(e), "`error_handling`", &["output"], rep);
         let out = er.required_string("output", rep);
         er.finish(rep);

@@ -126,6 +126,24 @@ pub fn build(
             TransformConfig::WriteToRedis(c) => Stage::Operator(Box::new(
                 sinks::redis::WriteToRedis::new(name, c.clone(), errors, st.clone()),
             )),
+            TransformConfig::WriteToBigQuery(cfg) => {
+                Stage::Operator(Box::new(crate::bigquery::sink::WriteToBigQuery::new(
+                    name,
+                    &spec.name,
+                    cfg.clone(),
+                    errors,
+                    st.clone(),
+                )))
+            }
+            TransformConfig::ReadFromBigQuery(cfg) => {
+                Stage::Source(Box::new(crate::bigquery::source::ReadFromBigQuery::new(
+                    name,
+                    cfg.clone(),
+                    batch_size,
+                    errors,
+                    ports,
+                )))
+            }
             TransformConfig::LogForTesting { prefix, level } => {
                 Stage::Operator(Box::new(transforms::log::LogForTesting {
                     name: name.to_string(),

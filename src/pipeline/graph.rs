@@ -52,6 +52,7 @@ pub fn is_source(config: &TransformConfig) -> bool {
             | TransformConfig::ReadFromCsv { .. }
             | TransformConfig::ReadFromParquet { .. }
             | TransformConfig::ReadFromPubSub(_)
+            | TransformConfig::ReadFromBigQuery(_)
     )
 }
 
@@ -64,6 +65,7 @@ pub fn is_sink(config: &TransformConfig) -> bool {
             | TransformConfig::WriteToParquet(_)
             | TransformConfig::WriteToPostgres(_)
             | TransformConfig::WriteToRedis(_)
+            | TransformConfig::WriteToBigQuery(_)
             | TransformConfig::AssertEqual { .. }
             | TransformConfig::WriteToPubSub(_)
     )

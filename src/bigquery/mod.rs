@@ -1,0 +1,13 @@
+//! BigQuery: `WriteToBigQuery` (streaming inserts), `ReadFromBigQuery` (query paging) and
+//! `sluice setup` support. See docs/bigquery.md.
+
+pub mod client;
+pub mod config;
+pub mod schema;
+pub mod setup;
+pub mod sink;
+pub mod source;
+pub mod table;
+
+pub use config::{ReadConfig, TableRef, WriteConfig};
+pub use setup::setup;
