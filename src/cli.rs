@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 use crate::config::{self, Diagnostics, PipelineSpec};
-use crate::pipeline::runner::{RunControl, RunReport};
+use std::sync::Arc;
+
+use crate::pipeline::runner::{self, RunControl, RunReport};
+use crate::telemetry::metrics::PipelineMetrics;
 use crate::pipeline::{self, Graph, build::Overrides};
 
 #[derive(Parser, Debug)]
@@ -120,10 +123,6 @@ pub async fn main(cli: Cli) -> u8 {
             until_idle,
             http,
         } => {
-            if http.is_some() {
-                eprintln!("sluice: --http is not available in this build yet");
-                return EXIT_INVALID;
-            }
             let (spec, graph) = match load(&pipeline, &vars) {
                 Ok(x) => x,
                 Err(d) => {
@@ -131,7 +130,7 @@ pub async fn main(cli: Cli) -> u8 {
                     return EXIT_INVALID;
                 }
             };
-            match run_until_idle(&spec, &graph, until_idle).await {
+            match run(&spec, &graph, until_idle, http.as_deref()).await {
                 Ok(report) => {
                     eprint!("{}", summary(&report));
                     EXIT_OK
@@ -188,34 +187,43 @@ async fn setup(path: &Path, spec: &PipelineSpec) -> u8 {
     }
 }
 
-/// Runs a pipeline until its sources end; SIGINT/SIGTERM ask sources to stop and drain.
+/// Runs a pipeline until its sources end; SIGINT/SIGTERM ask sources to stop and drain. With
+/// `until_idle`, streaming sources end after no message arrived for that long, then every window
+/// fires and the outputs are flushed. With `http`, serves the operations endpoints meanwhile.
 ///
 /// # Errors
-/// The first stage failure.
-pub async fn run(spec: &PipelineSpec, graph: &Graph) -> Result<RunReport, pipeline::EngineError> {
-    run_until_idle(spec, graph, None).await
-}
-
-/// [`run`], with `--until-idle`: streaming sources end after no message arrived for that long,
-/// then every window fires and the outputs are flushed.
-///
-/// # Errors
-/// The first stage failure.
-pub async fn run_until_idle(
+/// The first stage failure, or an address that cannot be bound.
+pub async fn run(
     spec: &PipelineSpec,
     graph: &Graph,
     until_idle: Option<Duration>,
+    http: Option<&str>,
 ) -> Result<RunReport, pipeline::EngineError> {
+    let built = pipeline::build::build(spec, graph, &Overrides::default())?;
+    let metrics = Arc::new(PipelineMetrics {
+        pipeline: spec.name.clone(),
+        stages: graph.nodes.iter().map(|n| n.name.clone()).zip(built.stats.iter().cloned()).collect(),
+    });
+    let status = crate::http::Status::new(metrics, graph);
+    if let Some(addr) = http {
+        let bound = crate::http::serve(addr, status.clone())
+            .await
+            .map_err(|e| pipeline::EngineError::config("--http", format!("cannot listen on {addr}: {e}")))?;
+        tracing::info!(address = %bound, "Serving /healthz, /readyz, /metrics and the status page");
+    }
     let (tx, stop) = watch::channel(false);
+    let on_signal = status.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("Stop requested; draining");
+        on_signal.running.store(false, Ordering::Relaxed);
         let _ = tx.send(true);
     });
+    status.running.store(true, Ordering::Relaxed);
     let control = RunControl::new(stop).with_until_idle(until_idle);
-    pipeline::execute(spec, graph, &Overrides::default(), control)
-        .await
-        .map(|(r, _)| r)
+    let result = runner::run(graph, built.stages, built.stats, control).await;
+    status.running.store(false, Ordering::Relaxed);
+    result
 }
 
 async fn wait_for_signal() {

@@ -38,7 +38,7 @@ async fn try_run(out: &Path) -> Result<(), String> {
         EVENTS.lines().count(),
         pipeline_file.display()
     );
-    let report = crate::cli::run(&spec, &graph)
+    let report = crate::cli::run(&spec, &graph, None, None)
         .await
         .map_err(|e| e.to_string())?;
     print!("{}", crate::cli::summary(&report));

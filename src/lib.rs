@@ -13,3 +13,5 @@ pub mod sinks;
 pub mod testing;
 pub mod time;
 pub mod transforms;
+pub mod telemetry;
+pub mod http;

@@ -191,17 +191,40 @@ pub trait Source: Send {
     async fn run(&mut self, out: &mut dyn SourceSink) -> Result<(), EngineError>;
 }
 
-/// Per-stage counters, shared with the run summary and (later) `/metrics`.
-#[derive(Debug, Default)]
+/// Per-stage counters, shared with the run summary, `/metrics` and the status page.
+#[derive(Debug)]
 pub struct StageStats {
     pub rows_in: AtomicU64,
     pub rows_out: AtomicU64,
     pub batches_in: AtomicU64,
     pub errors: AtomicU64,
+    /// Time spent in `process` per batch.
+    pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// The watermark this stage last forwarded (ms; `i64::MIN` before the first).
+    pub watermark: std::sync::atomic::AtomicI64,
     /// Errors without a declared error output: counted, and a few kept as examples.
     pub unhandled_examples: Mutex<Vec<String>>,
     /// Where a sink wrote (file paths, tables), for the run summary.
     pub outputs: Mutex<Vec<String>>,
+}
+
+impl Default for StageStats {
+    fn default() -> Self {
+        StageStats {
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            batches_in: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            // 50µs to ~3s: a batch of a few thousand rows takes 0.1-10 ms in a transform and up
+            // to seconds in a sink waiting on the network.
+            batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 4.0, 9),
+            ),
+            watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+            unhandled_examples: Mutex::default(),
+            outputs: Mutex::default(),
+        }
+    }
 }
 
 impl StageStats {

@@ -234,6 +234,7 @@ impl SourceSink for SourceOut {
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError> {
         if wm > self.watermark {
             self.watermark = wm;
+            self.stats.watermark.store(wm, std::sync::atomic::Ordering::Relaxed);
             self.fanout.broadcast(|| Msg::Watermark(wm)).await;
         }
         Ok(())
@@ -305,7 +306,7 @@ async fn run_operator(
             now = tick(&mut ticker) => {
                 op.on_timer(now, &mut out).await?;
                 fanout.flush(&mut out, &stats).await;
-                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout).await;
+                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout, &stats).await;
                 continue;
             }
         };
@@ -313,9 +314,11 @@ async fn run_operator(
             Msg::Batch(batch) => {
                 StageStats::add(&stats.rows_in, batch.num_rows());
                 StageStats::add(&stats.batches_in, 1);
+                let started = std::time::Instant::now();
                 op.process(env.input, batch, &mut out).await?;
+                stats.batch_seconds.observe(started.elapsed().as_secs_f64());
                 fanout.flush(&mut out, &stats).await;
-                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout).await;
+                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout, &stats).await;
             }
             Msg::Watermark(wm) => {
                 input_wm[env.input] = input_wm[env.input].max(wm);
@@ -324,7 +327,7 @@ async fn run_operator(
                     current = min;
                     op.on_watermark(min, &mut out).await?;
                     fanout.flush(&mut out, &stats).await;
-                    forward_watermark(op.as_ref(), current, &mut forwarded, &fanout).await;
+                    forward_watermark(op.as_ref(), current, &mut forwarded, &fanout, &stats).await;
                 }
             }
             Msg::End => {
@@ -361,10 +364,12 @@ async fn forward_watermark(
     input_wm: EventTime,
     forwarded: &mut EventTime,
     fanout: &Fanout,
+    stats: &StageStats,
 ) {
     let next = op.output_watermark(input_wm);
     if next > *forwarded {
         *forwarded = next;
+        stats.watermark.store(next, std::sync::atomic::Ordering::Relaxed);
         fanout.broadcast(|| Msg::Watermark(next)).await;
     }
 }

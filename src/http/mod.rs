@@ -1,0 +1,150 @@
+//! The operations endpoints served with `--http ADDR` (SPEC §6): `/healthz` (liveness),
+//! `/readyz` (running and every valve open), `/metrics` (Prometheus text), `/` (status page) and
+//! `/api/status` (the JSON the status page polls).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::pipeline::Graph;
+use crate::telemetry::metrics::{PipelineMetrics, watermark_seconds};
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the endpoints report, shared with the running pipeline.
+#[derive(Debug)]
+pub struct Status {
+    pub metrics: Arc<PipelineMetrics>,
+    /// `(name, type, inputs)` per node, for the status page's graph.
+    pub graph: Vec<(String, String, Vec<String>)>,
+    /// True while the pipeline runs and has not been asked to stop.
+    pub running: AtomicBool,
+    /// Valves by check name: true when open.
+    pub valves: RwLock<BTreeMap<String, bool>>,
+}
+
+impl Status {
+    pub fn new(metrics: Arc<PipelineMetrics>, graph: &Graph) -> Arc<Self> {
+        let nodes = graph
+            .order
+            .iter()
+            .map(|&i| {
+                let n = &graph.nodes[i];
+                let inputs = n
+                    .inputs
+                    .iter()
+                    .map(|e| {
+                        let from = &graph.nodes[e.from];
+                        let port = &from.ports[e.port];
+                        if port.is_empty() { from.name.clone() } else { format!("{}.{port}", from.name) }
+                    })
+                    .collect();
+                (n.name.clone(), n.type_name.clone(), inputs)
+            })
+            .collect();
+        Arc::new(Status {
+            metrics,
+            graph: nodes,
+            running: AtomicBool::new(false),
+            valves: RwLock::default(),
+        })
+    }
+
+    /// Ready: running, not stopping, and every valve open.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.running.load(Relaxed) {
+            return Err("not running".into());
+        }
+        let valves = self.valves.read().expect("not poisoned");
+        let closed: Vec<&String> = valves.iter().filter(|(_, open)| !**open).map(|(n, _)| n).collect();
+        if closed.is_empty() { Ok(()) } else { Err(format!("valves closed: {}", closed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))) }
+    }
+
+    /// The JSON the status page renders.
+    pub fn snapshot(&self) -> Value {
+        let now = chrono::Utc::now().timestamp_millis();
+        let stages: Vec<Value> = self
+            .metrics
+            .stages
+            .iter()
+            .map(|(name, s)| {
+                let wm = watermark_seconds(s.watermark.load(Relaxed), now);
+                json!({
+                    "name": name,
+                    "records_in": s.rows_in.load(Relaxed),
+                    "records_out": s.rows_out.load(Relaxed),
+                    "errors": s.errors.load(Relaxed),
+                    "watermark": wm.map(|w| w.0),
+                    "watermark_lag_seconds": wm.map(|w| w.1),
+                })
+            })
+            .collect();
+        json!({
+            "pipeline": self.metrics.pipeline,
+            "now_ms": now,
+            "ready": self.ready().is_ok(),
+            "graph": self.graph.iter().map(|(n, t, i)| json!({"name": n, "type": t, "inputs": i})).collect::<Vec<_>>(),
+            "stages": stages,
+            "valves": *self.valves.read().expect("not poisoned"),
+        })
+    }
+}
+
+pub fn router(status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(STATUS_PAGE) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(|State(s): State<Arc<Status>>| async move { Json(s.snapshot()) }))
+        .route("/valves/{name}/open", post(open_valve))
+        .with_state(status)
+}
+
+async fn readyz(State(s): State<Arc<Status>>) -> Response {
+    match s.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Status>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn open_valve(State(s): State<Arc<Status>>, Path(name): Path<String>) -> Response {
+    let mut valves = s.valves.write().expect("not poisoned");
+    match valves.get_mut(&name) {
+        Some(open) => {
+            *open = true;
+            (StatusCode::OK, format!("valve {name} opened")).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, format!("no valve named {name}")).into_response(),
+    }
+}
+
+/// Binds `addr` and serves until the process exits.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve(addr: &str, status: Arc<Status>) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(status)).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(local)
+}

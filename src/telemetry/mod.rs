@@ -1,0 +1,4 @@
+//! Metrics, logs and traces.
+
+pub mod logging;
+pub mod metrics;
