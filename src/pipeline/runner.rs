@@ -249,7 +249,8 @@ async fn run_operator(
             now = tick(&mut ticker) => {
                 op.on_timer(now, &mut out).await?;
                 fanout.flush(&mut out, &stats).await;
-                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout).await;
+                let next = op.output_watermark(current);
+                forward_watermark(next, &mut forwarded, &fanout).await;
                 continue;
             }
         };
@@ -259,7 +260,8 @@ async fn run_operator(
                 StageStats::add(&stats.batches_in, 1);
                 op.process(env.input, batch, &mut out).await?;
                 fanout.flush(&mut out, &stats).await;
-                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout).await;
+                let next = op.output_watermark(current);
+                forward_watermark(next, &mut forwarded, &fanout).await;
             }
             Msg::Watermark(wm) => {
                 input_wm[env.input] = input_wm[env.input].max(wm);
@@ -268,7 +270,8 @@ async fn run_operator(
                     current = min;
                     op.on_watermark(min, &mut out).await?;
                     fanout.flush(&mut out, &stats).await;
-                    forward_watermark(op.as_ref(), current, &mut forwarded, &fanout).await;
+                    let next = op.output_watermark(current);
+                    forward_watermark(next, &mut forwarded, &fanout).await;
                 }
             }
             Msg::End => {
@@ -299,14 +302,8 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) -> tokio::time::Instan
     }
 }
 
-/// Forwards the operator's output watermark downstream when it advanced.
-async fn forward_watermark(
-    op: &dyn Operator,
-    input_wm: EventTime,
-    forwarded: &mut EventTime,
-    fanout: &Fanout,
-) {
-    let next = op.output_watermark(input_wm);
+/// Forwards the operator's output watermark `next` downstream when it advanced.
+async fn forward_watermark(next: EventTime, forwarded: &mut EventTime, fanout: &Fanout) {
     if next > *forwarded {
         *forwarded = next;
         fanout.broadcast(|| Msg::Watermark(next)).await;

@@ -10,21 +10,23 @@ use serde_json::Value;
 use sluice::pipeline::runner::RunControl;
 
 /// Runs pipeline `source` with `vars`, overriding `options.batch_size`.
-pub async fn run(source: &str, vars: &[(&str, &str)], batch_size: usize) -> sluice::pipeline::runner::RunReport {
-    let vars: BTreeMap<String, String> =
-        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+pub async fn run(
+    source: &str,
+    vars: &[(&str, &str)],
+    batch_size: usize,
+) -> sluice::pipeline::runner::RunReport {
+    let vars: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut spec = sluice::config::parse("test.yaml", source, &vars).expect("pipeline parses");
     spec.options.batch_size = Some(batch_size);
     let graph = sluice::pipeline::validate(&spec).expect("pipeline is valid");
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    let (report, _) = sluice::pipeline::execute(
-        &spec,
-        &graph,
-        &Default::default(),
-        RunControl { stop },
-    )
-    .await
-    .expect("pipeline runs");
+    let (report, _) =
+        sluice::pipeline::execute(&spec, &graph, &Default::default(), RunControl { stop })
+            .await
+            .expect("pipeline runs");
     report
 }
 
@@ -58,7 +60,12 @@ pub fn normalise(v: &Value) -> Value {
             // Sorted keys (serde_json keeps insertion order here).
             let mut entries: Vec<(&String, &Value)> = m.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), normalise(v)))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
         Value::Number(n) => Value::String(format!("n:{:.9e}", n.as_f64().unwrap_or(f64::NAN))),
