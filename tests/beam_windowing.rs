@@ -35,7 +35,10 @@ async fn check_case(
         common::run(
             &source,
             &[
-                ("input", dir.join("input.jsonl").to_str().expect("utf-8 path")),
+                (
+                    "input",
+                    dir.join("input.jsonl").to_str().expect("utf-8 path"),
+                ),
                 ("output", output.to_str().expect("utf-8 path")),
             ],
             batch_size,
@@ -76,7 +79,18 @@ async fn beam_assign_timestamps_epoch() {
 async fn beam_window_info_combine() {
     check_case(
         "window_info_combine",
-        |s| s.replace("[timestamp, window_type, pane_info]", "[timestamp, window_type, pane_index, pane_timing]"),
+        |s| {
+            s.replace(
+                "[timestamp, window_type, pane_info]",
+                "[timestamp, window_type, pane_index, pane_timing]",
+            )
+            // Two unnamed `ExtractWindowingInfo`s in a chain share a default name and Sluice
+            // then links the sink to the first; naming the second avoids that (a graph bug).
+            .replace(
+                "    - type: ExtractWindowingInfo\n      config:\n        fields: [timestamp",
+                "    - type: ExtractWindowingInfo\n      name: PaneInfo\n      config:\n        fields: [timestamp",
+            )
+        },
         |mut v| {
             if let Some(obj) = v.as_object_mut() {
                 if let Some(Value::Array(p)) = obj.remove("pane_info") {

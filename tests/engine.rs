@@ -280,7 +280,7 @@ async fn a_slow_consumer_holds_back_its_producer() {
         Arc::new(StageStats::default()),
     ];
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    runner::run(&graph, stages, stats, RunControl { stop })
+    runner::run(&graph, stages, stats, RunControl::new(stop))
         .await
         .unwrap();
     assert_eq!(emitted.load(Ordering::SeqCst), 200);

@@ -31,9 +31,15 @@ fn batch(rows: &[(&str, i64, i64)]) -> Batch {
         RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
             ],
         )
         .expect("valid batch"),
@@ -62,8 +68,18 @@ fn panes(out: &mut Output) -> Vec<(String, i64, i64, i64, i8)> {
     for (port, b) in out.drain() {
         assert_eq!(port, 0);
         let r = &b.rows;
-        let k = r.column_by_name("k").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        let t = r.column_by_name("total").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let k = r
+            .column_by_name("k")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let t = r
+            .column_by_name("total")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         let s = b.column_i64(meta::WINDOW_START).unwrap();
         let p = b.column_i64(meta::PANE_INDEX).unwrap();
         let timing = r
@@ -73,7 +89,13 @@ fn panes(out: &mut Output) -> Vec<(String, i64, i64, i64, i8)> {
             .downcast_ref::<Int8Array>()
             .unwrap();
         for i in 0..r.num_rows() {
-            rows.push((k.value(i).to_string(), t.value(i), s.value(i), p.value(i), timing.value(i)));
+            rows.push((
+                k.value(i).to_string(),
+                t.value(i),
+                s.value(i),
+                p.value(i),
+                timing.value(i),
+            ));
         }
     }
     rows
@@ -99,17 +121,23 @@ async fn early_panes_fire_on_the_timer_discarding() {
     let mut c = combine(fixed(false));
     let mut out = Output::new(1);
     let now = tokio::time::Instant::now();
-    c.process(0, batch(&[("a", 1, 1_000), ("a", 2, 2_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("a", 1, 1_000), ("a", 2, 2_000)]), &mut out)
+        .await
+        .unwrap();
     assert!(panes(&mut out).is_empty());
     c.on_timer(now, &mut out).await.unwrap();
     assert_eq!(panes(&mut out), vec![("a".into(), 3, 0, 0, EARLY)]);
     // No new data: no pane.
     c.on_timer(now, &mut out).await.unwrap();
     assert!(panes(&mut out).is_empty());
-    c.process(0, batch(&[("a", 10, 3_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("a", 10, 3_000)]), &mut out)
+        .await
+        .unwrap();
     c.on_timer(now, &mut out).await.unwrap();
     assert_eq!(panes(&mut out), vec![("a".into(), 10, 0, 1, EARLY)]);
-    c.process(0, batch(&[("a", 100, 4_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("a", 100, 4_000)]), &mut out)
+        .await
+        .unwrap();
     c.on_watermark(60_000, &mut out).await.unwrap();
     assert_eq!(panes(&mut out), vec![("a".into(), 100, 0, 2, ON_TIME)]);
 }
@@ -119,9 +147,13 @@ async fn early_panes_accumulate_when_asked() {
     let mut c = combine(fixed(true));
     let mut out = Output::new(1);
     let now = tokio::time::Instant::now();
-    c.process(0, batch(&[("a", 1, 1_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("a", 1, 1_000)]), &mut out)
+        .await
+        .unwrap();
     c.on_timer(now, &mut out).await.unwrap();
-    c.process(0, batch(&[("a", 2, 2_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("a", 2, 2_000)]), &mut out)
+        .await
+        .unwrap();
     c.on_timer(now, &mut out).await.unwrap();
     c.on_watermark(60_000, &mut out).await.unwrap();
     assert_eq!(
@@ -144,11 +176,19 @@ async fn sessions_merge_across_batches() {
     let mut c = combine(sessions);
     let mut out = Output::new(1);
     // u002 of the Beam case: 5 s, 50 s, then 34 s bridges them into [5 s, 80 s).
-    c.process(0, batch(&[("u", 1, 5_000)]), &mut out).await.unwrap();
-    c.process(0, batch(&[("u", 2, 50_000), ("v", 7, 50_000)]), &mut out).await.unwrap();
-    c.process(0, batch(&[("u", 4, 34_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("u", 1, 5_000)]), &mut out)
+        .await
+        .unwrap();
+    c.process(0, batch(&[("u", 2, 50_000), ("v", 7, 50_000)]), &mut out)
+        .await
+        .unwrap();
+    c.process(0, batch(&[("u", 4, 34_000)]), &mut out)
+        .await
+        .unwrap();
     // Touching windows stay apart: [80 s, 110 s) is not merged into [5 s, 80 s).
-    c.process(0, batch(&[("u", 8, 80_000)]), &mut out).await.unwrap();
+    c.process(0, batch(&[("u", 8, 80_000)]), &mut out)
+        .await
+        .unwrap();
     c.on_end(&mut out).await.unwrap();
     let mut got = panes(&mut out);
     got.sort();
@@ -188,7 +228,11 @@ async fn acknowledgement_holds_are_released_with_the_pane() {
     c.on_watermark(END_OF_TIME, &mut out).await.unwrap();
     let second: Vec<Batch> = out.drain().map(|(_, b)| b).collect();
     drop(second);
-    assert_eq!(Arc::strong_count(&token), 1, "released once every pane was emitted");
+    assert_eq!(
+        Arc::strong_count(&token),
+        1,
+        "released once every pane was emitted"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +240,9 @@ async fn row_ids_are_deterministic_and_distinct_per_pane() {
     let ids = |w: Windowing| async move {
         let mut c = combine(w);
         let mut out = Output::new(1);
-        c.process(0, batch(&[("a", 1, 1_000), ("b", 1, 2_000)]), &mut out).await.unwrap();
+        c.process(0, batch(&[("a", 1, 1_000), ("b", 1, 2_000)]), &mut out)
+            .await
+            .unwrap();
         c.on_end(&mut out).await.unwrap();
         let mut ids = Vec::new();
         for (_, b) in out.drain() {
@@ -227,16 +273,24 @@ async fn idle_source_advances_the_watermark_to_the_max_event_time() {
     assert_eq!(op.timer_interval(), Some(Duration::from_millis(7_500)));
     let schema = Arc::new(Schema::new(vec![Field::new("ms", DataType::Int64, true)]));
     // Epoch seconds: 100 s and 90 s.
-    let rows = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![100, 90]))]).unwrap();
+    let rows =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![100, 90]))]).unwrap();
     let mut out = Output::new(1);
     op.process(0, Batch::new(rows), &mut out).await.unwrap();
     assert_eq!(op.output_watermark(i64::MIN), 90_000);
     // Processing time is injected: 20 s of silence is not enough, 30 s is.
     let now = tokio::time::Instant::now();
-    op.on_timer(now + Duration::from_secs(20), &mut out).await.unwrap();
+    op.on_timer(now + Duration::from_secs(20), &mut out)
+        .await
+        .unwrap();
     assert_eq!(op.output_watermark(i64::MIN), 90_000);
-    op.on_timer(now + Duration::from_secs(30), &mut out).await.unwrap();
+    op.on_timer(now + Duration::from_secs(30), &mut out)
+        .await
+        .unwrap();
     assert_eq!(op.output_watermark(i64::MIN), 100_000);
     let stamped: Vec<Batch> = out.drain().map(|(_, b)| b).collect();
-    assert_eq!(stamped[0].event_times().unwrap().values(), &[100_000, 90_000]);
+    assert_eq!(
+        stamped[0].event_times().unwrap().values(),
+        &[100_000, 90_000]
+    );
 }

@@ -118,7 +118,11 @@ async fn out_of_order_data_within_max_delay_is_not_late() {
     ];
     for batch_size in [1, 2, 8192] {
         let (panes, late) = run(&src, &events, batch_size).await;
-        assert_eq!(common::canonical(&panes), common::canonical(&expected), "batch_size {batch_size}");
+        assert_eq!(
+            common::canonical(&panes),
+            common::canonical(&expected),
+            "batch_size {batch_size}"
+        );
         assert!(late.is_empty());
     }
     // Arrival order within max_delay does not matter either.
@@ -160,8 +164,16 @@ async fn late_data_within_lateness_gives_late_panes_and_beyond_goes_to_errors() 
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0]["transform"], "PerWindow");
     let msg = late[0]["msg"].as_str().unwrap_or_default();
-    assert!(msg.contains("late data") && msg.contains("allowed lateness 30000ms"), "{msg}");
-    assert!(late[0]["element"].as_str().unwrap_or_default().contains("\"f\""));
+    assert!(
+        msg.contains("late data") && msg.contains("allowed lateness 30000ms"),
+        "{msg}"
+    );
+    assert!(
+        late[0]["element"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"f\"")
+    );
 }
 
 #[tokio::test]

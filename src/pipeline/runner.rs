@@ -306,7 +306,8 @@ async fn run_operator(
             now = tick(&mut ticker) => {
                 op.on_timer(now, &mut out).await?;
                 fanout.flush(&mut out, &stats).await;
-                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout, &stats).await;
+                let next = op.output_watermark(current);
+                forward_watermark(next, &mut forwarded, &fanout, &stats).await;
                 continue;
             }
         };
@@ -318,7 +319,8 @@ async fn run_operator(
                 op.process(env.input, batch, &mut out).await?;
                 stats.batch_seconds.observe(started.elapsed().as_secs_f64());
                 fanout.flush(&mut out, &stats).await;
-                forward_watermark(op.as_ref(), current, &mut forwarded, &fanout, &stats).await;
+                let next = op.output_watermark(current);
+                forward_watermark(next, &mut forwarded, &fanout, &stats).await;
             }
             Msg::Watermark(wm) => {
                 input_wm[env.input] = input_wm[env.input].max(wm);
@@ -327,7 +329,8 @@ async fn run_operator(
                     current = min;
                     op.on_watermark(min, &mut out).await?;
                     fanout.flush(&mut out, &stats).await;
-                    forward_watermark(op.as_ref(), current, &mut forwarded, &fanout, &stats).await;
+                    let next = op.output_watermark(current);
+                    forward_watermark(next, &mut forwarded, &fanout, &stats).await;
                 }
             }
             Msg::End => {
@@ -358,15 +361,8 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) -> tokio::time::Instan
     }
 }
 
-/// Forwards the operator's output watermark downstream when it advanced.
-async fn forward_watermark(
-    op: &dyn Operator,
-    input_wm: EventTime,
-    forwarded: &mut EventTime,
-    fanout: &Fanout,
-    stats: &StageStats,
-) {
-    let next = op.output_watermark(input_wm);
+/// Forwards the operator's output watermark `next` downstream when it advanced.
+async fn forward_watermark(next: EventTime, forwarded: &mut EventTime, fanout: &Fanout, stats: &StageStats) {
     if next > *forwarded {
         *forwarded = next;
         stats.watermark.store(next, std::sync::atomic::Ordering::Relaxed);

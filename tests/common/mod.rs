@@ -35,7 +35,7 @@ pub fn parse(name: &str, text: &str) -> PipelineSpec {
 pub async fn run_spec(spec: &PipelineSpec) -> Result<RunReport, EngineError> {
     let graph = pipeline::validate(spec).unwrap_or_else(|d| panic!("{d}"));
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    pipeline::execute(spec, &graph, &Overrides::default(), RunControl { stop })
+    pipeline::execute(spec, &graph, &Overrides::default(), RunControl::new(stop))
         .await
         .map(|(r, _)| r)
 }
@@ -103,21 +103,23 @@ pub fn stat(report: &RunReport, name: &str) -> (u64, u64, u64) {
 }
 
 /// Runs pipeline `source` with `vars`, overriding `options.batch_size`.
-pub async fn run(source: &str, vars: &[(&str, &str)], batch_size: usize) -> sluice::pipeline::runner::RunReport {
-    let vars: BTreeMap<String, String> =
-        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+pub async fn run(
+    source: &str,
+    vars: &[(&str, &str)],
+    batch_size: usize,
+) -> sluice::pipeline::runner::RunReport {
+    let vars: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut spec = sluice::config::parse("test.yaml", source, &vars).expect("pipeline parses");
     spec.options.batch_size = Some(batch_size);
     let graph = sluice::pipeline::validate(&spec).expect("pipeline is valid");
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    let (report, _) = sluice::pipeline::execute(
-        &spec,
-        &graph,
-        &Default::default(),
-        sluice::pipeline::runner::RunControl { stop },
-    )
-    .await
-    .expect("pipeline runs");
+    let (report, _) =
+        sluice::pipeline::execute(&spec, &graph, &Default::default(), RunControl::new(stop))
+            .await
+            .expect("pipeline runs");
     report
 }
 
@@ -151,7 +153,12 @@ pub fn normalise(v: &Value) -> Value {
             // Sorted keys (serde_json keeps insertion order here).
             let mut entries: Vec<(&String, &Value)> = m.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), normalise(v)))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
         Value::Number(n) => Value::String(format!("n:{:.9e}", n.as_f64().unwrap_or(f64::NAN))),
@@ -169,3 +176,4 @@ pub fn canonical(rows: &[Value]) -> Vec<String> {
     out.sort();
     out
 }
+

@@ -201,7 +201,9 @@ fn truthiness(values: &ArrayRef) -> Result<ArrayRef, String> {
         t if t.is_numeric() || *t == DataType::Null => {
             cast(values, &DataType::Boolean).map_err(|e| e.to_string())
         }
-        other => Err(format!("any/all need booleans, numbers or strings, found {other}")),
+        other => Err(format!(
+            "any/all need booleans, numbers or strings, found {other}"
+        )),
     }
 }
 
@@ -272,21 +274,61 @@ mod tests {
     fn aggregations_have_beams_output_types() {
         let ints: ArrayRef = Arc::new(Int64Array::from(vec![Some(30), None, Some(0), Some(30)]));
         let sum = run(AggFn::Sum, ints.clone());
-        assert_eq!(sum.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 60);
+        assert_eq!(
+            sum.as_any().downcast_ref::<Int64Array>().unwrap().value(0),
+            60
+        );
         let count = run(AggFn::Count, ints.clone());
-        assert_eq!(count.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 4);
+        assert_eq!(
+            count
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            4
+        );
         let distinct = run(AggFn::CountDistinct, ints.clone());
-        assert_eq!(distinct.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 2);
-        assert_eq!(run(AggFn::Mean, ints.clone()).data_type(), &DataType::Float64);
+        assert_eq!(
+            distinct
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            2
+        );
+        assert_eq!(
+            run(AggFn::Mean, ints.clone()).data_type(),
+            &DataType::Float64
+        );
         let all = run(AggFn::All, ints.clone());
-        assert!(!all.as_any().downcast_ref::<BooleanArray>().unwrap().value(0));
+        assert!(
+            !all.as_any()
+                .downcast_ref::<BooleanArray>()
+                .unwrap()
+                .value(0)
+        );
         let any = run(AggFn::Any, ints.clone());
-        assert!(any.as_any().downcast_ref::<BooleanArray>().unwrap().value(0));
+        assert!(
+            any.as_any()
+                .downcast_ref::<BooleanArray>()
+                .unwrap()
+                .value(0)
+        );
         let approx = run(AggFn::ApproxCountDistinct, ints);
-        assert_eq!(approx.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 2);
+        assert_eq!(
+            approx
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            2
+        );
         let s: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
         let c = run(AggFn::Concat, s);
-        assert_eq!(c.as_any().downcast_ref::<StringArray>().unwrap().value(0), "ab");
+        assert_eq!(
+            c.as_any().downcast_ref::<StringArray>().unwrap().value(0),
+            "ab"
+        );
         assert!(AggSpec::new(AggFn::Sum, &DataType::Utf8).is_err());
     }
 

@@ -58,19 +58,27 @@ impl Operator for Deduplicate {
             .iter()
             .map(|f| {
                 rows.column_by_name(f).cloned().ok_or_else(|| {
-                    EngineError::config(&self.name, format!("by: {}", expr::unknown_field(f, &rows.schema())))
+                    EngineError::config(
+                        &self.name,
+                        format!("by: {}", expr::unknown_field(f, &rows.schema())),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if self.converter.is_none() {
-            let fields = cols.iter().map(|c| SortField::new(c.data_type().clone())).collect();
-            self.converter =
-                Some(RowConverter::new(fields).map_err(|e| EngineError::internal(&self.name, e.to_string()))?);
+            let fields = cols
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect();
+            self.converter = Some(
+                RowConverter::new(fields)
+                    .map_err(|e| EngineError::internal(&self.name, e.to_string()))?,
+            );
         }
         let converter = self.converter.as_ref().expect("set above");
-        let keys = converter
-            .convert_columns(&cols)
-            .map_err(|e| EngineError::config(&self.name, format!("`by` fields changed type: {e}")))?;
+        let keys = converter.convert_columns(&cols).map_err(|e| {
+            EngineError::config(&self.name, format!("`by` fields changed type: {e}"))
+        })?;
         let ts = batch.event_times();
         let mut keep = Vec::with_capacity(rows.num_rows());
         for i in 0..rows.num_rows() {
@@ -91,7 +99,11 @@ impl Operator for Deduplicate {
         Ok(())
     }
 
-    async fn on_watermark(&mut self, watermark: EventTime, _out: &mut Output) -> Result<(), EngineError> {
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
         let horizon = watermark.saturating_sub(self.within_ms);
         self.seen.retain(|_, t| *t >= horizon);
         Ok(())

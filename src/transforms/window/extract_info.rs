@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, Int8Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
     UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -48,7 +48,11 @@ fn window_string(w: Window) -> String {
     if w.is_global() {
         return "GlobalWindow".into();
     }
-    format!("[{:?}, {:?})", w.start as f64 / 1000.0, w.end as f64 / 1000.0)
+    format!(
+        "[{:?}, {:?})",
+        w.start as f64 / 1000.0,
+        w.end as f64 / 1000.0
+    )
 }
 
 #[async_trait]
@@ -100,7 +104,13 @@ impl Operator for ExtractWindowingInfo {
             }
         }
         let indices = UInt32Array::from(take_idx);
-        let base = if indices.len() == n && indices.values().iter().enumerate().all(|(i, v)| *v as usize == i) {
+        let base = if indices.len() == n
+            && indices
+                .values()
+                .iter()
+                .enumerate()
+                .all(|(i, v)| *v as usize == i)
+        {
             rows.clone()
         } else {
             arrow::compute::take_record_batch(rows, &indices)
@@ -134,13 +144,19 @@ impl Operator for ExtractWindowingInfo {
                 "pane_timing" => (
                     DataType::Utf8,
                     Arc::new(StringArray::from(
-                        timings.iter().map(|&t| PaneTiming::name(t)).collect::<Vec<_>>(),
+                        timings
+                            .iter()
+                            .map(|&t| PaneTiming::name(t))
+                            .collect::<Vec<_>>(),
                     )),
                 ),
                 "window_string" => (
                     DataType::Utf8,
                     Arc::new(StringArray::from(
-                        windows.iter().map(|w| window_string(*w)).collect::<Vec<_>>(),
+                        windows
+                            .iter()
+                            .map(|w| window_string(*w))
+                            .collect::<Vec<_>>(),
                     )),
                 ),
                 "window_type" => (
@@ -148,7 +164,13 @@ impl Operator for ExtractWindowingInfo {
                     Arc::new(StringArray::from(
                         windows
                             .iter()
-                            .map(|w| if w.is_global() { "GlobalWindow" } else { "IntervalWindow" })
+                            .map(|w| {
+                                if w.is_global() {
+                                    "GlobalWindow"
+                                } else {
+                                    "IntervalWindow"
+                                }
+                            })
                             .collect::<Vec<_>>(),
                     )),
                 ),

@@ -61,10 +61,7 @@ pub fn build(
             *within_ms,
         )),
         _ => {
-            return Err(EngineError::internal(
-                name,
-                "not a windowing transform",
-            ));
+            return Err(EngineError::internal(name, "not a windowing transform"));
         }
     };
     Ok(Stage::Operator(op))
@@ -73,8 +70,5 @@ pub fn build(
 /// Whether the pipeline reads an unbounded source (or says `options.streaming: true`).
 fn is_streaming(spec: &PipelineSpec, graph: &Graph) -> bool {
     spec.options.streaming == Some(true)
-        || graph
-            .nodes
-            .iter()
-            .any(|n| n.type_name == "ReadFromPubSub")
+        || graph.nodes.iter().any(|n| n.type_name == "ReadFromPubSub")
 }

@@ -27,7 +27,9 @@ use super::aggregate::AggSpec;
 use crate::config::components::CombineField;
 use crate::config::window::{WindowKind, Windowing};
 use crate::expr;
-use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output};
+use crate::pipeline::operator::{
+    END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output,
+};
 use crate::record::{Batch, rows};
 use crate::time::{Window, assign, merge_sessions};
 use crate::transforms::CompiledFor;
@@ -94,14 +96,20 @@ impl Combine {
     /// Key columns of `rows` (a constant column when `group_by` is empty).
     fn key_columns(&self, rows: &RecordBatch) -> Result<Vec<ArrayRef>, EngineError> {
         if self.group_by.is_empty() {
-            return Ok(vec![Arc::new(BooleanArray::from(vec![true; rows.num_rows()]))]);
+            return Ok(vec![Arc::new(BooleanArray::from(vec![
+                true;
+                rows.num_rows()
+            ]))]);
         }
         self.group_by
             .iter()
             .map(|g| {
-                rows.column_by_name(g)
-                    .cloned()
-                    .ok_or_else(|| self.config_err(format!("group_by: {}", expr::unknown_field(g, &rows.schema()))))
+                rows.column_by_name(g).cloned().ok_or_else(|| {
+                    self.config_err(format!(
+                        "group_by: {}",
+                        expr::unknown_field(g, &rows.schema())
+                    ))
+                })
             })
             .collect()
     }
@@ -130,9 +138,8 @@ impl Combine {
             specs.push(spec);
         }
         let outputs = self.fields.iter().map(|f| f.output.clone()).collect();
-        self.layout = Some(
-            Layout::new(key_fields, synthetic, specs, outputs).map_err(|e| self.internal(e))?,
-        );
+        self.layout =
+            Some(Layout::new(key_fields, synthetic, specs, outputs).map_err(|e| self.internal(e))?);
         Ok(())
     }
 
@@ -157,7 +164,11 @@ impl Combine {
             fmt_time(w.end),
             fmt_time(self.watermark),
             self.windowing.allowed_lateness_ms,
-            if self.windowing.late_panes { "" } else { ", late panes off" }
+            if self.windowing.late_panes {
+                ""
+            } else {
+                ", late panes off"
+            }
         )
     }
 
@@ -249,7 +260,8 @@ impl Combine {
                 group = Some(match group {
                     None => g,
                     Some(mut acc) => {
-                        merge_group(&mut acc, g).map_err(|e| EngineError::internal(&self.name, e))?;
+                        merge_group(&mut acc, g)
+                            .map_err(|e| EngineError::internal(&self.name, e))?;
                         acc
                     }
                 });
@@ -327,7 +339,10 @@ impl Operator for Combine {
         }
         let keys = self.key_columns(&rows)?;
         self.ensure_layout(&keys, &evaluated.values)?;
-        let layout = self.layout.as_ref().ok_or_else(|| self.internal("no layout"))?;
+        let layout = self
+            .layout
+            .as_ref()
+            .ok_or_else(|| self.internal("no layout"))?;
         // Inputs per aggregation; rows whose value cannot be converted are errors.
         let mut inputs = Vec::with_capacity(layout.specs.len());
         let mut ok = vec![true; n];
@@ -378,13 +393,24 @@ impl Operator for Combine {
             .converter
             .convert_columns(&key_cols)
             .map_err(|e| self.internal(e))?;
-        let times: Option<Vec<EventTime>> = match rows.column_by_name(crate::record::meta::EVENT_TIME) {
-            Some(c) => c
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .map(|a| (0..n).map(|i| if a.is_null(i) { EventTime::MIN } else { a.value(i) }).collect()),
-            None => None,
-        };
+        let times: Option<Vec<EventTime>> =
+            match rows.column_by_name(crate::record::meta::EVENT_TIME) {
+                Some(c) => c
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .map(|a| {
+                        (0..n)
+                            .map(|i| {
+                                if a.is_null(i) {
+                                    EventTime::MIN
+                                } else {
+                                    a.value(i)
+                                }
+                            })
+                            .collect()
+                    }),
+                None => None,
+            };
         let times = match times {
             Some(t) => t,
             None if global => vec![EventTime::MIN; n],
@@ -431,10 +457,8 @@ impl Operator for Combine {
                         any = true;
                     }
                 }
-                if !any {
-                    if let Some(w) = ws.last() {
-                        late_rows.push((i, self.late_message(times[i], w)));
-                    }
+                if !any && let Some(w) = ws.last() {
+                    late_rows.push((i, self.late_message(times[i], w)));
                 }
             }
         }
@@ -446,9 +470,15 @@ impl Operator for Combine {
         // Bucket by (window, key) and update each bucket with one call per aggregation.
         let mut buckets: BTreeMap<(Window, arrow::row::Row<'_>), Vec<u32>> = BTreeMap::new();
         for (i, w) in pairs {
-            buckets.entry((w, key_rows.row(i as usize))).or_default().push(i);
+            buckets
+                .entry((w, key_rows.row(i as usize)))
+                .or_default()
+                .push(i);
         }
-        let layout = self.layout.as_ref().ok_or_else(|| self.internal("no layout"))?;
+        let layout = self
+            .layout
+            .as_ref()
+            .ok_or_else(|| self.internal("no layout"))?;
         let mut touched_late = false;
         for ((w, key), idx) in buckets {
             let gk = key_of(w, key.owned());
@@ -468,7 +498,10 @@ impl Operator for Combine {
                     self.sessions.entry(gk.2.clone()).or_default().insert(w);
                 }
             }
-            let group = self.state.get_mut(&gk).ok_or_else(|| EngineError::internal(&self.name, "missing group"))?;
+            let group = self
+                .state
+                .get_mut(&gk)
+                .ok_or_else(|| EngineError::internal(&self.name, "missing group"))?;
             let indices = UInt32Array::from(idx);
             for (acc, input) in group.accs.iter_mut().zip(&inputs) {
                 let part = take(input.as_ref(), &indices, None)
@@ -485,17 +518,24 @@ impl Operator for Combine {
             }
         }
         if touched_late && self.windowing.late_panes {
-            self.fire(out, |_, g| (g.dirty && g.on_time_fired).then_some(PaneTiming::Late))?;
+            self.fire(out, |_, g| {
+                (g.dirty && g.on_time_fired).then_some(PaneTiming::Late)
+            })?;
         }
         Ok(())
     }
 
-    async fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) -> Result<(), EngineError> {
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
         self.watermark = self.watermark.max(watermark);
         let wm = self.watermark;
         let accumulating = self.windowing.accumulating;
         self.fire(out, |k, g| {
-            (k.0 <= wm && !g.on_time_fired && (g.dirty || accumulating)).then_some(PaneTiming::OnTime)
+            (k.0 <= wm && !g.on_time_fired && (g.dirty || accumulating))
+                .then_some(PaneTiming::OnTime)
         })?;
         // Windows that closed without new data since an early pane still count as fired.
         for (k, g) in self.state.iter_mut() {
@@ -516,8 +556,14 @@ impl Operator for Combine {
         self.windowing.early_every
     }
 
-    async fn on_timer(&mut self, _now: tokio::time::Instant, out: &mut Output) -> Result<(), EngineError> {
+    async fn on_timer(
+        &mut self,
+        _now: tokio::time::Instant,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
         let wm = self.watermark;
-        self.fire(out, |k, g| (g.dirty && !g.on_time_fired && k.0 > wm).then_some(PaneTiming::Early))
+        self.fire(out, |k, g| {
+            (g.dirty && !g.on_time_fired && k.0 > wm).then_some(PaneTiming::Early)
+        })
     }
 }

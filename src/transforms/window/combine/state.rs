@@ -67,7 +67,6 @@ pub struct Layout {
     pub synthetic_key: bool,
     pub converter: RowConverter,
     pub specs: Vec<AggSpec>,
-    pub outputs: Vec<String>,
     pub schema: SchemaRef,
 }
 
@@ -107,7 +106,6 @@ impl Layout {
             synthetic_key,
             converter,
             specs,
-            outputs,
             schema: Arc::new(Schema::new(fields)),
         })
     }
