@@ -232,7 +232,9 @@ pipeline:
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).matches("exists ").count(),
+        String::from_utf8_lossy(&out.stdout)
+            .matches("exists ")
+            .count(),
         4,
         "{}",
         show(&out)
@@ -416,7 +418,11 @@ pipeline:
     publish(
         &conn,
         &input,
-        &[(r#"{"id": 1}"#, &[]), (r#"{"id": 2}"#, &[]), (r#"{"id": 3}"#, &[])],
+        &[
+            (r#"{"id": 1}"#, &[]),
+            (r#"{"id": 2}"#, &[]),
+            (r#"{"id": 3}"#, &[]),
+        ],
     )
     .await;
 
@@ -490,7 +496,8 @@ pipeline:
     create_subscription(&conn, &output_sub, &output).await;
     let p2 = p.to_string();
     let conn2 = conn.clone();
-    let run = tokio::spawn(async move { sluice(&["run", &p2, "--until-idle", "4s"], &conn2).await });
+    let run =
+        tokio::spawn(async move { sluice(&["run", &p2, "--until-idle", "4s"], &conn2).await });
     // The run's subscription exists only once it started.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     publish(&conn, &input, &[("hello", &[("a", "1"), ("b", "2")])]).await;

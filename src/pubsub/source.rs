@@ -144,9 +144,7 @@ impl ReadFromPubSub {
                 rows,
                 acks: vec![token.clone()],
             };
-            max_ts = batch
-                .event_times()
-                .and_then(|t| arrow::compute::max(t));
+            max_ts = batch.event_times().and_then(|t| arrow::compute::max(t));
             out.main(batch);
         }
         drop(origin);
@@ -164,7 +162,13 @@ impl ReadFromPubSub {
 fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     s
@@ -242,7 +246,9 @@ impl Source for ReadFromPubSub {
                 Ok(Some(Err(e))) => {
                     // The client retries transient stream errors itself; what reaches here is
                     // permanent (missing subscription, no permission).
-                    break Err(self.external(&format!("streaming pull from {path} failed"), e.into()));
+                    break Err(
+                        self.external(&format!("streaming pull from {path} failed"), e.into())
+                    );
                 }
                 Ok(None) => break Ok(()),
                 Err(_elapsed) => {
