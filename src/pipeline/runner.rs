@@ -180,7 +180,20 @@ pub async fn run(
             }
             Stage::Operator(op) => {
                 let inbox = inbox.expect("operators have inputs");
-                tasks.spawn(run_operator(name, op, inbox, inputs, ports, fanout, st));
+                let failed = control.failed.clone();
+                tasks.spawn(async move {
+                    let mut op = op;
+                    let res =
+                        run_operator(name, &mut op, inbox, inputs, ports, fanout, st, &failed)
+                            .await;
+                    // Flag the failure before the operator (and the holds it keeps) is dropped,
+                    // so nothing it held is acknowledged.
+                    if res.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    drop(op);
+                    res
+                });
             }
         }
     }
@@ -274,14 +287,16 @@ async fn run_source(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_operator(
     name: String,
-    mut op: Box<dyn Operator>,
+    op: &mut Box<dyn Operator>,
     mut inbox: mpsc::Receiver<Envelope>,
     inputs: usize,
     ports: usize,
     fanout: Fanout,
     stats: Arc<StageStats>,
+    failed: &AtomicBool,
 ) -> Result<(), EngineError> {
     let mut out = Output::new(ports);
     let mut input_wm = vec![EventTime::MIN; inputs];
@@ -293,7 +308,15 @@ async fn run_operator(
             Msg::Batch(batch) => {
                 StageStats::add(&stats.rows_in, batch.num_rows());
                 StageStats::add(&stats.batches_in, 1);
-                op.process(env.input, batch, &mut out).await?;
+                // A clone of the holds outlives `process`: if it fails, the run is flagged as
+                // failed before the batch's holds can be released (as an acknowledgement).
+                let held = batch.acks.clone();
+                let res = op.process(env.input, batch, &mut out).await;
+                if res.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                drop(held);
+                res?;
                 fanout.flush(&mut out, &stats).await;
             }
             Msg::Watermark(wm) => {
