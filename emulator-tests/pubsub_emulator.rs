@@ -232,7 +232,9 @@ pipeline:
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).matches("exists ").count(),
+        String::from_utf8_lossy(&out.stdout)
+            .matches("exists ")
+            .count(),
         4,
         "{}",
         show(&out)
@@ -345,6 +347,15 @@ pipeline:
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     create_subscription(&conn, &dlq_sub, &dlq).await;
+    // setup created the sink's topic too: delete it so that every run's sink fails.
+    conn.topic_admin()
+        .await
+        .expect("admin client")
+        .delete_topic()
+        .set_topic(topic(&missing))
+        .send()
+        .await
+        .expect("delete topic");
     publish(&conn, &input, &[("poison", &[])]).await;
 
     let mut failures = 0;
@@ -416,7 +427,11 @@ pipeline:
     publish(
         &conn,
         &input,
-        &[(r#"{"id": 1}"#, &[]), (r#"{"id": 2}"#, &[]), (r#"{"id": 3}"#, &[])],
+        &[
+            (r#"{"id": 1}"#, &[]),
+            (r#"{"id": 2}"#, &[]),
+            (r#"{"id": 3}"#, &[]),
+        ],
     )
     .await;
 
@@ -490,9 +505,10 @@ pipeline:
     create_subscription(&conn, &output_sub, &output).await;
     let p2 = p.to_string();
     let conn2 = conn.clone();
-    let run = tokio::spawn(async move { sluice(&["run", &p2, "--until-idle", "4s"], &conn2).await });
+    let run =
+        tokio::spawn(async move { sluice(&["run", &p2, "--until-idle", "8s"], &conn2).await });
     // The run's subscription exists only once it started.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     publish(&conn, &input, &[("hello", &[("a", "1"), ("b", "2")])]).await;
     let out = run.await.expect("join");
     assert!(out.status.success(), "{}", show(&out));

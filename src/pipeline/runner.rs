@@ -183,7 +183,20 @@ pub async fn run(
             }
             Stage::Operator(op) => {
                 let inbox = inbox.expect("operators have inputs");
-                tasks.spawn(run_operator(name, op, inbox, inputs, ports, fanout, st));
+                let failed = control.failed.clone();
+                tasks.spawn(async move {
+                    let mut op = op;
+                    let res =
+                        run_operator(name, &mut op, inbox, inputs, ports, fanout, st, &failed)
+                            .await;
+                    // Flag the failure before the operator (and the holds it keeps) is dropped,
+                    // so nothing it held is acknowledged.
+                    if res.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    drop(op);
+                    res
+                });
             }
         }
     }
@@ -278,14 +291,16 @@ async fn run_source(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_operator(
     name: String,
-    mut op: Box<dyn Operator>,
+    op: &mut Box<dyn Operator>,
     mut inbox: mpsc::Receiver<Envelope>,
     inputs: usize,
     ports: usize,
     fanout: Fanout,
     stats: Arc<StageStats>,
+    failed: &AtomicBool,
 ) -> Result<(), EngineError> {
     let mut out = Output::new(ports);
     let mut input_wm = vec![EventTime::MIN; inputs];
@@ -315,9 +330,17 @@ async fn run_operator(
             Msg::Batch(batch) => {
                 StageStats::add(&stats.rows_in, batch.num_rows());
                 StageStats::add(&stats.batches_in, 1);
+                // A clone of the holds outlives `process`: if it fails, the run is flagged as
+                // failed before the batch's holds can be released (as an acknowledgement).
+                let held = batch.acks.clone();
                 let started = std::time::Instant::now();
-                op.process(env.input, batch, &mut out).await?;
+                let res = op.process(env.input, batch, &mut out).await;
                 stats.batch_seconds.observe(started.elapsed().as_secs_f64());
+                if res.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                drop(held);
+                res?;
                 fanout.flush(&mut out, &stats).await;
                 let next = op.output_watermark(current);
                 forward_watermark(next, &mut forwarded, &fanout, &stats).await;

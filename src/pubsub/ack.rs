@@ -80,7 +80,9 @@ impl Watermark {
 
     /// Records the largest event time of a batch; returns the new watermark if it advanced.
     pub fn observe(&mut self, max_event_time: EventTime) -> Option<EventTime> {
-        let max = self.max_event.map_or(max_event_time, |m| m.max(max_event_time));
+        let max = self
+            .max_event
+            .map_or(max_event_time, |m| m.max(max_event_time));
         self.max_event = Some(max);
         self.advance_to(max.saturating_sub(self.max_delay_ms))
     }
@@ -117,7 +119,10 @@ mod tests {
         }
     }
 
-    fn token(log: &Arc<Mutex<Vec<&'static str>>>, failed: &Arc<AtomicBool>) -> crate::record::AckToken {
+    fn token(
+        log: &Arc<Mutex<Vec<&'static str>>>,
+        failed: &Arc<AtomicBool>,
+    ) -> crate::record::AckToken {
         Arc::new(MessageAcks::new(
             vec![Box::new(Probe(log.clone())), Box::new(Probe(log.clone()))],
             failed.clone(),

@@ -328,7 +328,13 @@ fn strings(r: &mut MapReader<'_>, key: &'static str, rep: &mut Reporter) -> Vec<
 
 fn error_handling(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<Located<String>> {
     let node = r.node("error_handling")?;
-    let mut er = MapReader::new(Some(node), pos_of(node), "`error_handling`", &["output"], rep);
+    let mut er = MapReader::new(
+        Some(node),
+        pos_of(node),
+        "`error_handling`",
+        &["output"],
+        rep,
+    );
     let out = er.required_string("output", rep);
     er.finish(rep);
     out
@@ -358,8 +364,8 @@ fn metadata_fields(node: &Node, rep: &mut Reporter) -> MetadataFields {
             }
         }
         other => {
-            for f in crate::config::yaml::string_list(other, "metadata_fields", rep)
-                .unwrap_or_default()
+            for f in
+                crate::config::yaml::string_list(other, "metadata_fields", rep).unwrap_or_default()
             {
                 set(&f.value.clone(), f.value, f.pos, rep);
             }
@@ -514,7 +520,10 @@ mod tests {
         assert_eq!(c.watermark.max_delay, Duration::from_secs(5));
         assert_eq!(c.flow_control.max_outstanding_messages, 10);
         let dl = c.subscription_settings.dead_letter.as_ref().unwrap();
-        assert_eq!((dl.topic.value.as_str(), dl.max_delivery_attempts), ("dlq", 7));
+        assert_eq!(
+            (dl.topic.value.as_str(), dl.max_delivery_attempts),
+            ("dlq", 7)
+        );
         assert_eq!(c.error_output.as_ref().unwrap().value, "bad");
     }
 
@@ -524,8 +533,10 @@ mod tests {
         assert!(e.contains("either `topic` or `subscription`"), "{e}");
         let e = parse("        subscription: s\n        format: JSON").unwrap_err();
         assert!(e.contains("needs a `schema`"), "{e}");
-        let e = parse("        subscription: s\n        format: AVRO\n        metadata_fields: [msg_id]")
-            .unwrap_err();
+        let e = parse(
+            "        subscription: s\n        format: AVRO\n        metadata_fields: [msg_id]",
+        )
+        .unwrap_err();
         assert!(e.contains("AVRO") && e.contains("msg_id"), "{e}");
     }
 }

@@ -136,10 +136,12 @@ impl MessageDecoder {
                 Err(e) => bad.push((i, e)),
             }
         }
-        let (payload, kept, times): (Vec<ArrayRef>, Vec<usize>, Vec<i64>) = match &mut self.json
-        {
+        let (payload, kept, times): (Vec<ArrayRef>, Vec<usize>, Vec<i64>) = match &mut self.json {
             None => {
-                let data: BinaryArray = candidates.iter().map(|&i| Some(&msgs[i].data[..])).collect();
+                let data: BinaryArray = candidates
+                    .iter()
+                    .map(|&i| Some(&msgs[i].data[..]))
+                    .collect();
                 (vec![Arc::new(data)], candidates, times)
             }
             Some(decoder) => {
@@ -300,7 +302,10 @@ fn decode_json(
             bad.extend(kept.iter().map(|&i| {
                 (
                     i,
-                    format!("internal error: {n} rows decoded from {} messages", lines.len()),
+                    format!(
+                        "internal error: {n} rows decoded from {} messages",
+                        lines.len()
+                    ),
                 )
             }));
             (None, Vec::new(), Vec::new())
@@ -393,7 +398,11 @@ mod tests {
         let rows = rows.unwrap();
         let json = to_json_rows(&crate::record::Batch::new(rows.clone()).user_rows());
         assert_eq!(
-            serde_json::Value::from(json.into_iter().map(serde_json::Value::Object).collect::<Vec<_>>()),
+            serde_json::Value::from(
+                json.into_iter()
+                    .map(serde_json::Value::Object)
+                    .collect::<Vec<_>>()
+            ),
             serde_json::json!([
                 {"id": 1, "name": "a", "kind": "k", "message_id": "1"},
                 {"id": 3, "name": null, "kind": "k", "message_id": "3"}
@@ -412,7 +421,8 @@ mod tests {
         c.timestamp_attribute = Some("ts".into());
         let mut d = MessageDecoder::new(&c).unwrap();
         let mut m1 = msg("1", "abc");
-        m1.attributes.insert("ts".into(), "2026-01-01T00:00:01Z".into());
+        m1.attributes
+            .insert("ts".into(), "2026-01-01T00:00:01Z".into());
         let mut m2 = msg("2", "def");
         m2.attributes.insert("ts".into(), "5000".into());
         let m3 = msg("3", "ghi");

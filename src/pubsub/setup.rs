@@ -65,7 +65,9 @@ pub fn declared(spec: &PipelineSpec, conn: &Connection) -> Result<Vec<Resource>,
                         let topic = conn.topic_path(&topic.value).map_err(|e| e.to_string())?;
                         add_topic(topic.clone());
                         subs.push(Resource::Subscription {
-                            path: conn.subscription_path(&sub.value).map_err(|e| e.to_string())?,
+                            path: conn
+                                .subscription_path(&sub.value)
+                                .map_err(|e| e.to_string())?,
                             topic,
                             settings: r.clone(),
                         });

@@ -74,7 +74,11 @@ impl WriteToPubSub {
     }
 
     /// Publishes `msgs`, retrying the transiently failed ones.
-    async fn publish_all(&self, publisher: &Publisher, msgs: Vec<Message>) -> Result<(), EngineError> {
+    async fn publish_all(
+        &self,
+        publisher: &Publisher,
+        msgs: Vec<Message>,
+    ) -> Result<(), EngineError> {
         let mut todo = msgs;
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
@@ -207,7 +211,8 @@ fn payloads(rows: &RecordBatch, format: Format) -> Result<Vec<Option<Vec<u8>>>, 
                         .collect())
                 }
                 _ => {
-                    let text = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| e.to_string())?;
+                    let text =
+                        arrow::compute::cast(col, &DataType::Utf8).map_err(|e| e.to_string())?;
                     let a = text.as_string::<i32>();
                     Ok((0..a.len())
                         .map(|i| (!a.is_null(i)).then(|| a.value(i).as_bytes().to_vec()))
@@ -275,7 +280,10 @@ impl WriteToPubSub {
             Some(k) => Some(text_column(&user, k)?),
             None => None,
         };
-        let full: Vec<Vec<u8>> = payloads.iter().map(|p| p.clone().unwrap_or_default()).collect();
+        let full: Vec<Vec<u8>> = payloads
+            .iter()
+            .map(|p| p.clone().unwrap_or_default())
+            .collect();
         let ids = row_ids(&batch.rows, &self.pipeline, &self.name, &full);
         let times = batch.event_times();
         let mut msgs = Vec::with_capacity(n);

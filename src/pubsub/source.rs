@@ -144,9 +144,7 @@ impl ReadFromPubSub {
                 rows,
                 acks: vec![token.clone()],
             };
-            max_ts = batch
-                .event_times()
-                .and_then(|t| arrow::compute::max(t));
+            max_ts = batch.event_times().and_then(|t| arrow::compute::max(t));
             out.main(batch);
         }
         drop(origin);
@@ -164,7 +162,13 @@ impl ReadFromPubSub {
 fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     s
@@ -194,12 +198,25 @@ impl Source for ReadFromPubSub {
         // acked or nacked and those calls were sent: the runner awaits it after the stages
         // finished, or were dropped on failure, so `sluice` exits only after that.
         let token = stream.shutdown_token();
+        // `MessageStream::next` is not cancel-safe (a response taken off the wire and put under
+        // lease management is lost if the call is dropped, and its lease kept extended), so a
+        // task owns the stream and hands messages over a channel the loop below can time out
+        // on. The shutdown token ends the task.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.batch_size.clamp(1, 1024));
+        let puller = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
         let conn = self.conn.clone();
         let name = self.name.clone();
         sink.defer(Box::pin(async move {
             if tokio::time::timeout(SHUTDOWN_TIMEOUT, token.shutdown()).await.is_err() {
                 tracing::warn!(transform = %name, "Acknowledgements not confirmed in time; unacknowledged messages will be redelivered");
             }
+            puller.abort();
             if let Some(sub) = temporary {
                 delete_subscription(&conn, &sub, &name).await;
             }
@@ -221,7 +238,7 @@ impl Source for ReadFromPubSub {
             } else {
                 fc.max_batch_delay.saturating_sub(batch_started.elapsed())
             };
-            match tokio::time::timeout(wait, stream.next()).await {
+            match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(Ok((m, h)))) => {
                     if pending.is_empty() {
                         batch_started = Instant::now();
@@ -242,7 +259,9 @@ impl Source for ReadFromPubSub {
                 Ok(Some(Err(e))) => {
                     // The client retries transient stream errors itself; what reaches here is
                     // permanent (missing subscription, no permission).
-                    break Err(self.external(&format!("streaming pull from {path} failed"), e.into()));
+                    break Err(
+                        self.external(&format!("streaming pull from {path} failed"), e.into())
+                    );
                 }
                 Ok(None) => break Ok(()),
                 Err(_elapsed) => {
@@ -286,9 +305,10 @@ impl Source for ReadFromPubSub {
         drop(pending);
         result?;
         sink.watermark(END_OF_TIME).await?;
-        // Dropping the stream stops pulling; its lease loop keeps extending the leases of
-        // messages still held downstream until they are acked (ShutdownBehavior::WaitForProcessing).
-        drop(stream);
+        // Dropping the receiver stops the hand-over; messages in the channel are nacked. The
+        // lease loop keeps extending the leases of messages still held downstream until they
+        // are acked (ShutdownBehavior::WaitForProcessing).
+        drop(rx);
         Ok(())
     }
 }
