@@ -151,3 +151,28 @@ p.yaml:18:14: `callable` expressions need the Python language, which Sluice does
   hint: rewrite it as `language: sql` with an `expression`"
     );
 }
+
+#[test]
+fn unnamed_transforms_of_one_type_in_a_chain_each_read_the_previous_one() {
+    let spec = sluice::config::parse(
+        "p.yaml",
+        "pipeline:\n  type: chain\n  transforms:\n    - type: Create\n      config: {elements: [{a: 1}]}\n    - type: Flatten\n    - type: Flatten\n    - type: LogForTesting\n",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let graph = sluice::pipeline::validate(&spec).unwrap();
+    let inputs: Vec<(String, Vec<String>)> = graph
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.inputs.iter().map(|e| graph.nodes[e.from].name.clone()).collect()))
+        .collect();
+    assert_eq!(
+        inputs,
+        vec![
+            ("Create".to_string(), vec![]),
+            ("Flatten".to_string(), vec!["Create".to_string()]),
+            ("Flatten (2)".to_string(), vec!["Flatten".to_string()]),
+            ("LogForTesting".to_string(), vec!["Flatten (2)".to_string()]),
+        ]
+    );
+}

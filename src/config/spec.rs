@@ -321,10 +321,11 @@ fn parse_pipeline(node: &Node, rep: &mut Reporter) -> Vec<TransformSpec> {
         transforms.extend(parse_transform(s, rep));
     }
     r.finish(rep);
+    // Names first: a chain links each transform to the previous one by name.
+    default_names(&mut transforms, rep);
     if chain {
         link_chain(&mut transforms, rep);
     }
-    default_names(&mut transforms, rep);
     transforms
 }
 
@@ -363,8 +364,8 @@ fn link_chain(transforms: &mut [TransformSpec], rep: &mut Reporter) {
     }
 }
 
-/// Beam YAML names an unnamed transform after its type; several of one type get `Type.N` suffixes
-/// internally and must be referred to through a `name`.
+/// Beam YAML names an unnamed transform after its type; several of one type get `Type (N)` names
+/// internally (which no `input:` can spell) and must be referred to through a `name`.
 fn default_names(transforms: &mut [TransformSpec], rep: &mut Reporter) {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for t in transforms.iter() {
@@ -384,7 +385,7 @@ fn default_names(transforms: &mut [TransformSpec], rep: &mut Reporter) {
                         Some("give each transform a unique `name`".into()),
                     );
                 }
-                t.name = format!("{}.{}", t.name, n);
+                t.name = format!("{} ({})", t.name, n);
             }
         }
     }
