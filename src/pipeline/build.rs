@@ -178,11 +178,17 @@ pub fn build(
                     errors,
                 }))
             }
+            TransformConfig::Sql { query } => Stage::Operator(Box::new(transforms::sql::Sql::new(
+                &query.value,
+                transforms::sql::table_names(&t.inputs),
+                graph.is_bounded(spec, graph.node(name).unwrap_or_default()),
+                batch_size,
+                errors,
+            ))),
             TransformConfig::AssignTimestamps { .. }
             | TransformConfig::WindowInto { .. }
             | TransformConfig::Combine { .. }
-            | TransformConfig::ExtractWindowingInfo { .. }
-            | TransformConfig::Sql { .. } => {
+            | TransformConfig::ExtractWindowingInfo { .. } => {
                 return Err(EngineError::config(
                     name,
                     format!("`{}` is not available in this build yet", t.type_name),

@@ -21,6 +21,7 @@ pub fn validate(spec: &PipelineSpec) -> Result<Graph, Diagnostics> {
     let mut rep = Reporter::new(spec.file.clone());
     let graph = Graph::build(spec, &mut rep);
     check::check_expressions(spec, &mut rep);
+    check::check_sql(spec, &graph, &mut rep);
     rep.finish(graph)
 }
 
