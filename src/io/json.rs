@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -47,7 +47,7 @@ impl ReadFromJson {
         }
     }
 
-    fn schema(&self, first: &PathBuf) -> Result<SchemaRef, EngineError> {
+    fn schema(&self, first: &Path) -> Result<SchemaRef, EngineError> {
         if let Some(s) = &self.declared {
             return schema::from_json_schema(s)
                 .map_err(|e| EngineError::config(&self.name, format!("invalid `schema`: {e}")));
