@@ -223,12 +223,13 @@ pub fn build(
             | TransformConfig::Deduplicate { .. } => {
                 transforms::window::build(spec, graph, node, errors)?
             }
-            TransformConfig::Sql { .. } => {
-                return Err(EngineError::config(
-                    name,
-                    format!("`{}` is not available in this build yet", t.type_name),
-                ));
-            }
+            TransformConfig::Sql { query } => Stage::Operator(Box::new(transforms::sql::Sql::new(
+                &query.value,
+                transforms::sql::table_names(&t.inputs),
+                graph.is_bounded(spec, graph.node(name).unwrap_or_default()),
+                batch_size,
+                errors,
+            ))),
             TransformConfig::Unsupported { reason } => {
                 return Err(EngineError::config(name, reason.clone()));
             }

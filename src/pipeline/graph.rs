@@ -56,6 +56,18 @@ pub fn is_source(config: &TransformConfig) -> bool {
     )
 }
 
+/// Sources that end (files, inline elements). Any other source, e.g. `ReadFromPubSub`, is
+/// unbounded.
+pub fn is_bounded_source(config: &TransformConfig) -> bool {
+    matches!(
+        config,
+        TransformConfig::Create { .. }
+            | TransformConfig::ReadFromJson { .. }
+            | TransformConfig::ReadFromCsv { .. }
+            | TransformConfig::ReadFromParquet { .. }
+    )
+}
+
 /// Transform types whose output is not meant to be consumed.
 pub fn is_sink(config: &TransformConfig) -> bool {
     matches!(
@@ -154,6 +166,23 @@ impl Graph {
             }
         }
         out
+    }
+
+    /// Whether `node`'s input ends: every source upstream of it is bounded.
+    pub fn is_bounded(&self, spec: &PipelineSpec, node: usize) -> bool {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut todo = vec![node];
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            let n = &self.nodes[i];
+            if n.inputs.is_empty() && !is_bounded_source(&spec.transforms[n.spec].config) {
+                return false;
+            }
+            todo.extend(n.inputs.iter().map(|e| e.from));
+        }
+        true
     }
 
     pub fn node(&self, name: &str) -> Option<usize> {

@@ -27,6 +27,7 @@ pub fn validate(spec: &PipelineSpec) -> Result<Graph, Diagnostics> {
 pub fn check_into(spec: &PipelineSpec, rep: &mut Reporter) -> Graph {
     let graph = Graph::build(spec, rep);
     check::check_expressions(spec, rep);
+    check::check_sql(spec, &graph, rep);
     graph
 }
 

@@ -8,6 +8,7 @@ pub mod flatten;
 pub mod log;
 pub mod map_to_fields;
 pub mod partition;
+pub mod sql;
 pub mod strip_errors;
 pub mod validate_schema;
 pub mod window;
