@@ -9,4 +9,5 @@ pub mod pipeline;
 pub mod record;
 pub mod sinks;
 pub mod testing;
+pub mod time;
 pub mod transforms;

@@ -133,6 +133,8 @@ pub enum TransformConfig {
     StripErrorMetadata,
     AssignTimestamps {
         timestamp: ExprSpec,
+        /// Sluice extension: `watermark: {max_delay, idle_timeout}`.
+        watermark: Option<WatermarkSpec>,
     },
     WindowInto {
         windowing: Located<Windowing>,
@@ -149,6 +151,11 @@ pub enum TransformConfig {
     },
     WriteToPostgres(crate::sinks::postgres::PostgresConfig),
     WriteToRedis(crate::sinks::redis::RedisConfig),
+    /// Sluice extension: keeps the first row per `by` key within `within` of event time.
+    Deduplicate {
+        by: Vec<Located<String>>,
+        within_ms: i64,
+    },
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -198,9 +205,17 @@ const NOT_YET: &[&str] = &[
     "WriteToPubSub",
     "ReadFromBigQuery",
     "WriteToBigQuery",
-    "Deduplicate",
     "Check",
 ];
+
+/// Sluice's watermark extension on `AssignTimestamps` (SPEC §4): bounded out-of-orderness.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatermarkSpec {
+    /// How far behind the largest event time seen the watermark trails (default 10s).
+    pub max_delay: std::time::Duration,
+    /// Processing time without data after which the watermark jumps to the largest event time.
+    pub idle_timeout: Option<std::time::Duration>,
+}
 
 pub fn parse_config(
     ty: &Located<String>,
@@ -334,12 +349,32 @@ pub fn parse_config(
             })
         }
         "AssignTimestamps" => {
-            let mut r = reader!(&["language", "timestamp"]);
+            let mut r = reader!(&["language", "timestamp", "watermark"]);
             let lang = language(&mut r, rep);
             let ts = required_expr(&mut r, "timestamp", lang, ty.pos, rep);
+            let watermark = r.node("watermark").map(|n| {
+                let mut w = MapReader::new(
+                    Some(n),
+                    pos_of(n),
+                    "`watermark`",
+                    &["max_delay", "idle_timeout"],
+                    rep,
+                );
+                let spec = WatermarkSpec {
+                    max_delay: w
+                        .duration("max_delay", rep)
+                        .unwrap_or(crate::time::watermark::DEFAULT_MAX_DELAY),
+                    idle_timeout: w.duration("idle_timeout", rep),
+                };
+                w.finish(rep);
+                spec
+            });
             r.finish(rep);
             ts.map_or(TransformConfig::Invalid, |timestamp| {
-                TransformConfig::AssignTimestamps { timestamp }
+                TransformConfig::AssignTimestamps {
+                    timestamp,
+                    watermark,
+                }
             })
         }
         "Explode" => {
@@ -411,12 +446,11 @@ pub fn parse_config(
         }
         "WindowInto" => {
             let mut r = reader!(&["windowing"]);
+            // Beam puts `windowing:` next to `type:` (read by `spec`, preferred by the graph);
+            // `config.windowing` is accepted too.
             let w = match r.node("windowing") {
                 Some(n) => parse_windowing(n, rep),
-                None => {
-                    rep.error(ty.pos, "`WindowInto` needs `windowing`", None);
-                    None
-                }
+                None => Some(Located::new(Windowing::global(), ty.pos)),
             };
             r.finish(rep);
             w.map_or(TransformConfig::Invalid, |windowing| {
@@ -445,10 +479,17 @@ pub fn parse_config(
                 "pane_index",
                 "pane_timing",
                 "timestamp",
+                "window_string",
+                "window_type",
             ];
             let mut fields = Vec::new();
             match r.node("fields") {
-                None => fields.extend(all.iter().take(4).map(|f| (f.to_string(), f.to_string()))),
+                // Beam's default.
+                None => fields.extend(
+                    ["timestamp", "window_start", "window_end"]
+                        .iter()
+                        .map(|f| (f.to_string(), f.to_string())),
+                ),
                 Some(Node::Mapping(m)) => {
                     for (k, v) in m.iter() {
                         let info = v
@@ -468,6 +509,30 @@ pub fn parse_config(
             }
             r.finish(rep);
             TransformConfig::ExtractWindowingInfo { fields }
+        }
+        "Deduplicate" => {
+            let mut r = reader!(&["by", "within"]);
+            let by = r.string_list("by", rep).unwrap_or_default();
+            if by.is_empty() {
+                rep.error(
+                    r.pos(),
+                    "`Deduplicate` needs `by`: the fields that identify a duplicate",
+                    None,
+                );
+            }
+            let within = r.duration("within", rep);
+            if within.is_none() {
+                rep.error(
+                    r.pos(),
+                    "`Deduplicate` needs `within`: how long (event time) to remember a key",
+                    Some("e.g. `within: 10m`".into()),
+                );
+            }
+            r.finish(rep);
+            TransformConfig::Deduplicate {
+                by,
+                within_ms: within.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            }
         }
         "Sql" => {
             let mut r = reader!(&["query", "dialect"]);

@@ -196,7 +196,10 @@ pub fn build(
             | TransformConfig::WindowInto { .. }
             | TransformConfig::Combine { .. }
             | TransformConfig::ExtractWindowingInfo { .. }
-            | TransformConfig::Sql { .. } => {
+            | TransformConfig::Deduplicate { .. } => {
+                transforms::window::build(spec, graph, node, errors)?
+            }
+            TransformConfig::Sql { .. } => {
                 return Err(EngineError::config(
                     name,
                     format!("`{}` is not available in this build yet", t.type_name),

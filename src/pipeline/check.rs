@@ -17,7 +17,7 @@ pub fn check_expressions(spec: &PipelineSpec, rep: &mut Reporter) {
             }
             TransformConfig::Filter { keep } => exprs.push(keep),
             TransformConfig::Partition { by, .. } => exprs.push(by),
-            TransformConfig::AssignTimestamps { timestamp } => exprs.push(timestamp),
+            TransformConfig::AssignTimestamps { timestamp, .. } => exprs.push(timestamp),
             TransformConfig::Combine { combine, .. } => {
                 exprs.extend(combine.iter().filter_map(|c| c.value.as_ref()))
             }

@@ -291,8 +291,8 @@ fn assign_windowing(spec: &PipelineSpec, nodes: &mut [Node], order: &[usize]) {
             .map(|e| nodes[e.from].windowing)
             .unwrap_or_else(Windowing::global);
         nodes[i].windowing = match (&t.config, &t.windowing) {
-            (TransformConfig::WindowInto { windowing }, _) => windowing.value,
             (_, Some(w)) => w.value,
+            (TransformConfig::WindowInto { windowing }, _) => windowing.value,
             _ => inherited,
         };
     }

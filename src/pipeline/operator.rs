@@ -139,9 +139,24 @@ pub trait Operator: Send {
     }
 
     /// The watermark to forward downstream for input watermark `input_wm` (operators that hold
-    /// back output, like windowed aggregations, may lower it).
+    /// back output, like windowed aggregations, may lower it; `AssignTimestamps` raises it). Asked
+    /// after every call, and forwarded when it advanced.
     fn output_watermark(&self, input_wm: EventTime) -> EventTime {
         input_wm
+    }
+
+    /// How often `on_timer` should run (processing time), if at all: early panes, idle sources.
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// A processing-time tick (every `timer_interval`), at `now`.
+    async fn on_timer(
+        &mut self,
+        _now: tokio::time::Instant,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        Ok(())
     }
 }
 

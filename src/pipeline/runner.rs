@@ -238,13 +238,33 @@ async fn run_operator(
     let mut current = EventTime::MIN;
     let mut forwarded = EventTime::MIN;
     let mut ended = 0;
-    while let Some(env) = inbox.recv().await {
+    let mut ticker = op.timer_interval().map(|d| {
+        let mut t = tokio::time::interval(d.max(std::time::Duration::from_millis(1)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let env = tokio::select! {
+            env = inbox.recv() => match env {
+                Some(env) => env,
+                None => break,
+            },
+            now = tick(&mut ticker) => {
+                op.on_timer(now, &mut out).await?;
+                fanout.flush(&mut out, &stats).await;
+                let next = op.output_watermark(current);
+                forward_watermark(next, &mut forwarded, &fanout).await;
+                continue;
+            }
+        };
         match env.msg {
             Msg::Batch(batch) => {
                 StageStats::add(&stats.rows_in, batch.num_rows());
                 StageStats::add(&stats.batches_in, 1);
                 op.process(env.input, batch, &mut out).await?;
                 fanout.flush(&mut out, &stats).await;
+                let next = op.output_watermark(current);
+                forward_watermark(next, &mut forwarded, &fanout).await;
             }
             Msg::Watermark(wm) => {
                 input_wm[env.input] = input_wm[env.input].max(wm);
@@ -253,11 +273,8 @@ async fn run_operator(
                     current = min;
                     op.on_watermark(min, &mut out).await?;
                     fanout.flush(&mut out, &stats).await;
-                    let next = op.output_watermark(min);
-                    if next > forwarded {
-                        forwarded = next;
-                        fanout.broadcast(|| Msg::Watermark(next)).await;
-                    }
+                    let next = op.output_watermark(current);
+                    forward_watermark(next, &mut forwarded, &fanout).await;
                 }
             }
             Msg::End => {
@@ -278,4 +295,20 @@ async fn run_operator(
     fanout.flush(&mut out, &stats).await;
     fanout.broadcast(|| Msg::End).await;
     Ok(())
+}
+
+/// The next tick of an operator's timer; never completes for operators without one.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
+    match ticker {
+        Some(t) => t.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Forwards the operator's output watermark `next` downstream when it advanced.
+async fn forward_watermark(next: EventTime, forwarded: &mut EventTime, fanout: &Fanout) {
+    if next > *forwarded {
+        *forwarded = next;
+        fanout.broadcast(|| Msg::Watermark(next)).await;
+    }
 }

@@ -10,6 +10,7 @@ pub mod map_to_fields;
 pub mod partition;
 pub mod strip_errors;
 pub mod validate_schema;
+pub mod window;
 
 use std::sync::Arc;
 

@@ -1,0 +1,571 @@
+//! `Combine`: grouped, windowed aggregation with incremental accumulators.
+//!
+//! Each batch is bucketed by (window, group key) and every bucket updates that group's
+//! accumulators with one `update_batch` call. Windows fire on the watermark (ON_TIME), on a
+//! processing-time timer (EARLY, `trigger.early_every`) and after late data (LATE, one pane per
+//! batch and group); state is dropped once the watermark passes window end + allowed lateness.
+//! Session windows merge accumulator states (`state` → `merge_batch`) when an element bridges
+//! or overlaps them. Output rows hold only the group-by fields and the aggregates (Beam), plus
+//! the hidden window, pane, event time (window end − 1 ms) and row id columns.
+
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field};
+use arrow::row::OwnedRow;
+use async_trait::async_trait;
+
+pub use state::PaneTiming;
+use state::{Group, GroupKey, Layout, emit_panes, key_of};
+
+use super::aggregate::AggSpec;
+use crate::config::components::CombineField;
+use crate::config::window::{WindowKind, Windowing};
+use crate::expr;
+use crate::pipeline::operator::{
+    END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output,
+};
+use crate::record::{Batch, rows};
+use crate::time::{Window, assign, merge_sessions};
+use crate::transforms::CompiledFor;
+
+pub struct Combine {
+    name: String,
+    pipeline: String,
+    group_by: Vec<String>,
+    fields: Vec<CombineField>,
+    /// Index into the compiled value expressions, per combine field (`None`: count of rows).
+    value_index: Vec<Option<usize>>,
+    values: CompiledFor,
+    windowing: Windowing,
+    errors: ErrorRoute,
+    layout: Option<Layout>,
+    state: BTreeMap<GroupKey, Group>,
+    /// Session windows per key (sessions only), to find the ones a new element merges with.
+    sessions: HashMap<OwnedRow, BTreeSet<Window>>,
+    watermark: EventTime,
+}
+
+impl Combine {
+    pub fn new(
+        pipeline: &str,
+        group_by: Vec<String>,
+        fields: Vec<CombineField>,
+        windowing: Windowing,
+        errors: ErrorRoute,
+    ) -> Self {
+        let mut specs = Vec::new();
+        let value_index = fields
+            .iter()
+            .map(|f| {
+                f.value.as_ref().map(|v| {
+                    specs.push(v.clone());
+                    specs.len() - 1
+                })
+            })
+            .collect();
+        Combine {
+            name: errors.transform().to_string(),
+            pipeline: pipeline.to_string(),
+            group_by,
+            fields,
+            value_index,
+            values: CompiledFor::new(specs),
+            windowing,
+            errors,
+            layout: None,
+            state: BTreeMap::new(),
+            sessions: HashMap::new(),
+            watermark: EventTime::MIN,
+        }
+    }
+
+    fn config_err(&self, msg: impl Into<String>) -> EngineError {
+        EngineError::config(&self.name, msg)
+    }
+
+    fn internal(&self, msg: impl std::fmt::Display) -> EngineError {
+        EngineError::internal(&self.name, msg.to_string())
+    }
+
+    /// Key columns of `rows` (a constant column when `group_by` is empty).
+    fn key_columns(&self, rows: &RecordBatch) -> Result<Vec<ArrayRef>, EngineError> {
+        if self.group_by.is_empty() {
+            return Ok(vec![Arc::new(BooleanArray::from(vec![
+                true;
+                rows.num_rows()
+            ]))]);
+        }
+        self.group_by
+            .iter()
+            .map(|g| {
+                rows.column_by_name(g).cloned().ok_or_else(|| {
+                    self.config_err(format!(
+                        "group_by: {}",
+                        expr::unknown_field(g, &rows.schema())
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    fn ensure_layout(&mut self, keys: &[ArrayRef], values: &[ArrayRef]) -> Result<(), EngineError> {
+        if self.layout.is_some() {
+            return Ok(());
+        }
+        let synthetic = self.group_by.is_empty();
+        let key_fields = if synthetic {
+            vec![Field::new("__key", DataType::Boolean, true)]
+        } else {
+            self.group_by
+                .iter()
+                .zip(keys)
+                .map(|(n, k)| Field::new(n, k.data_type().clone(), true))
+                .collect()
+        };
+        let mut specs = Vec::with_capacity(self.fields.len());
+        for (f, vi) in self.fields.iter().zip(&self.value_index) {
+            let ty = vi
+                .and_then(|i| values.get(i))
+                .map_or(DataType::Int64, |v| v.data_type().clone());
+            let spec = AggSpec::new(f.func, &ty)
+                .map_err(|e| self.config_err(format!("`{}`: {e}", f.output)))?;
+            specs.push(spec);
+        }
+        let outputs = self.fields.iter().map(|f| f.output.clone()).collect();
+        self.layout =
+            Some(Layout::new(key_fields, synthetic, specs, outputs).map_err(|e| self.internal(e))?);
+        Ok(())
+    }
+
+    fn is_expired(&self, w: &Window) -> bool {
+        !w.is_global() && w.end.saturating_add(self.windowing.allowed_lateness_ms) <= self.watermark
+    }
+
+    fn is_closed(&self, w: &Window) -> bool {
+        w.end <= self.watermark
+    }
+
+    /// Too late for `w`: past the allowed lateness, or its window fired and no late panes.
+    fn rejects(&self, w: &Window) -> bool {
+        self.is_expired(w) || (self.is_closed(w) && !self.windowing.late_panes)
+    }
+
+    fn late_message(&self, ts: EventTime, w: &Window) -> String {
+        format!(
+            "late data: event time {} is in window [{}, {}), which closed at watermark {} (allowed lateness {}ms{}); the row was dropped",
+            fmt_time(ts),
+            fmt_time(w.start),
+            fmt_time(w.end),
+            fmt_time(self.watermark),
+            self.windowing.allowed_lateness_ms,
+            if self.windowing.late_panes {
+                ""
+            } else {
+                ", late panes off"
+            }
+        )
+    }
+
+    /// Fires the groups selected by `pick` with `timing` into `out`.
+    fn fire(
+        &mut self,
+        out: &mut Output,
+        pick: impl Fn(&GroupKey, &Group) -> Option<PaneTiming>,
+    ) -> Result<(), EngineError> {
+        let Some(layout) = &self.layout else {
+            return Ok(());
+        };
+        let fired: Vec<(GroupKey, PaneTiming)> = self
+            .state
+            .iter()
+            .filter_map(|(k, g)| pick(k, g).map(|t| (k.clone(), t)))
+            .collect();
+        let discarding = !self.windowing.accumulating;
+        let emitted = emit_panes(
+            layout,
+            &mut self.state,
+            &fired,
+            (&self.pipeline, &self.name),
+            discarding,
+        )
+        .map_err(|e| EngineError::internal(&self.name, e))?;
+        if let Some((rows, acks)) = emitted {
+            out.main(Batch::merged(rows, acks));
+        }
+        Ok(())
+    }
+
+    /// Drops the state of windows past their allowed lateness.
+    fn collect_garbage(&mut self) {
+        let expired: Vec<GroupKey> = self
+            .state
+            .keys()
+            .take_while(|k| k.0 <= self.watermark)
+            .filter(|k| self.is_expired(&state::window_of(k)))
+            .cloned()
+            .collect();
+        for k in expired {
+            self.state.remove(&k);
+            if let Some(set) = self.sessions.get_mut(&k.2) {
+                set.remove(&state::window_of(&k));
+                if set.is_empty() {
+                    self.sessions.remove(&k.2);
+                }
+            }
+        }
+    }
+
+    /// Merges the session windows of `key` that `proto` windows touch; returns, per proto
+    /// window, the merged window it now belongs to.
+    fn merge_into_sessions(
+        &mut self,
+        key: &OwnedRow,
+        protos: &[Window],
+    ) -> Result<Vec<Window>, EngineError> {
+        let existing: Vec<Window> = self
+            .sessions
+            .get(key)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let mut all = existing.clone();
+        all.extend_from_slice(protos);
+        let merged = merge_sessions(&all);
+        let mut target = vec![Window::GLOBAL; protos.len()];
+        for (w, members) in merged {
+            let olds: Vec<Window> = members
+                .iter()
+                .filter(|&&i| i < existing.len())
+                .map(|&i| existing[i])
+                .collect();
+            for &i in &members {
+                if i >= existing.len() {
+                    target[i - existing.len()] = w;
+                }
+            }
+            if olds.len() == 1 && olds[0] == w {
+                continue;
+            }
+            // A new or grown session: merge the states of the windows it absorbed.
+            let mut group: Option<Group> = None;
+            for old in &olds {
+                let Some(g) = self.state.remove(&key_of(*old, key.clone())) else {
+                    continue;
+                };
+                group = Some(match group {
+                    None => g,
+                    Some(mut acc) => {
+                        merge_group(&mut acc, g)
+                            .map_err(|e| EngineError::internal(&self.name, e))?;
+                        acc
+                    }
+                });
+            }
+            let set = self.sessions.entry(key.clone()).or_default();
+            for old in &olds {
+                set.remove(old);
+            }
+            set.insert(w);
+            if let Some(mut g) = group {
+                g.on_time_fired = g.on_time_fired && w.end <= self.watermark;
+                self.state.insert(key_of(w, key.clone()), g);
+            }
+        }
+        Ok(target)
+    }
+}
+
+/// Folds `other`'s accumulator states into `into` (session merging).
+fn merge_group(into: &mut Group, mut other: Group) -> Result<(), String> {
+    for (a, b) in into.accs.iter_mut().zip(other.accs.iter_mut()) {
+        let state: Vec<ArrayRef> = b
+            .state()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|s| s.to_array())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        a.merge_batch(&state).map_err(|e| e.to_string())?;
+    }
+    into.pane_index = into.pane_index.max(other.pane_index);
+    into.dirty |= other.dirty;
+    into.on_time_fired |= other.on_time_fired;
+    into.acks.append(&mut other.acks);
+    Ok(())
+}
+
+fn fmt_time(ms: EventTime) -> String {
+    if ms == EventTime::MIN {
+        return "-∞".into();
+    }
+    if ms == END_OF_TIME {
+        return "+∞".into();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[async_trait]
+impl Operator for Combine {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: Batch,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        let global = self.windowing.kind == WindowKind::Global;
+        let exprs = self
+            .values
+            .get(&batch.schema())
+            .map_err(|e| EngineError::config(&self.name, e))?
+            .to_vec();
+        let evaluated = expr::evaluate_isolating(&exprs, &batch.rows);
+        let mut failures: Vec<(String, String)> = evaluated
+            .failed
+            .iter()
+            .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
+            .collect();
+        let rows = evaluated.rows;
+        let n = rows.num_rows();
+        if n == 0 {
+            self.errors.report(out, &batch, failures);
+            return Ok(());
+        }
+        let keys = self.key_columns(&rows)?;
+        self.ensure_layout(&keys, &evaluated.values)?;
+        let layout = self
+            .layout
+            .as_ref()
+            .ok_or_else(|| self.internal("no layout"))?;
+        // Inputs per aggregation; rows whose value cannot be converted are errors.
+        let mut inputs = Vec::with_capacity(layout.specs.len());
+        let mut ok = vec![true; n];
+        for (spec, vi) in layout.specs.iter().zip(&self.value_index) {
+            let values = vi.and_then(|i| evaluated.values.get(i));
+            match spec.prepare(values, n) {
+                Ok(a) => inputs.push(a),
+                Err(e) => {
+                    let Some(values) = values else {
+                        return Err(self.internal(e));
+                    };
+                    let mut parts = Vec::with_capacity(n);
+                    for (i, okay) in ok.iter_mut().enumerate() {
+                        match spec.prepare(Some(&values.slice(i, 1)), 1) {
+                            Ok(a) => parts.push(a),
+                            Err(e) => {
+                                *okay = false;
+                                failures.push((rows::row_json(&rows, i), e));
+                                parts.push(arrow::array::new_null_array(spec.input_type(), 1));
+                            }
+                        }
+                    }
+                    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                    inputs.push(arrow::compute::concat(&refs).map_err(|e| self.internal(e))?);
+                }
+            }
+        }
+        let key_cols: Vec<ArrayRef> = layout
+            .key_fields
+            .iter()
+            .zip(&keys)
+            .map(|(f, k)| {
+                if k.data_type() == f.data_type() {
+                    Ok(k.clone())
+                } else {
+                    arrow::compute::cast(k, f.data_type()).map_err(|e| {
+                        self.config_err(format!(
+                            "group_by field `{}` changed type from {} to {}: {e}",
+                            f.name(),
+                            f.data_type(),
+                            k.data_type()
+                        ))
+                    })
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let key_rows = layout
+            .converter
+            .convert_columns(&key_cols)
+            .map_err(|e| self.internal(e))?;
+        let times: Option<Vec<EventTime>> =
+            match rows.column_by_name(crate::record::meta::EVENT_TIME) {
+                Some(c) => c
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .map(|a| {
+                        (0..n)
+                            .map(|i| {
+                                if a.is_null(i) {
+                                    EventTime::MIN
+                                } else {
+                                    a.value(i)
+                                }
+                            })
+                            .collect()
+                    }),
+                None => None,
+            };
+        let times = match times {
+            Some(t) => t,
+            None if global => vec![EventTime::MIN; n],
+            None => {
+                return Err(self.config_err(
+                    "windowed Combine needs event times: add `AssignTimestamps` before it",
+                ));
+            }
+        };
+
+        // (row, window) pairs; rows with no acceptable window are late errors.
+        let mut pairs: Vec<(u32, Window)> = Vec::with_capacity(n);
+        let mut late_rows: Vec<(usize, String)> = Vec::new();
+        if let WindowKind::Sessions { .. } = self.windowing.kind {
+            let mut by_key: BTreeMap<OwnedRow, Vec<usize>> = BTreeMap::new();
+            for i in (0..n).filter(|&i| ok[i]) {
+                by_key.entry(key_rows.row(i).owned()).or_default().push(i);
+            }
+            for (key, idx) in by_key {
+                let mut live = Vec::with_capacity(idx.len());
+                let mut protos = Vec::with_capacity(idx.len());
+                for i in idx {
+                    let w = assign(&self.windowing.kind, times[i])[0];
+                    if self.rejects(&w) {
+                        late_rows.push((i, self.late_message(times[i], &w)));
+                    } else {
+                        live.push(i);
+                        protos.push(w);
+                    }
+                }
+                if live.is_empty() {
+                    continue;
+                }
+                let targets = self.merge_into_sessions(&key, &protos)?;
+                pairs.extend(live.into_iter().zip(targets).map(|(i, w)| (i as u32, w)));
+            }
+        } else {
+            for i in (0..n).filter(|&i| ok[i]) {
+                let ws = assign(&self.windowing.kind, times[i]);
+                let mut any = false;
+                for w in &ws {
+                    if !self.rejects(w) {
+                        pairs.push((i as u32, *w));
+                        any = true;
+                    }
+                }
+                if !any {
+                    if let Some(w) = ws.last() {
+                        late_rows.push((i, self.late_message(times[i], w)));
+                    }
+                }
+            }
+        }
+        for (i, msg) in late_rows {
+            failures.push((rows::row_json(&rows, i), msg));
+        }
+        self.errors.report(out, &batch, failures);
+
+        // Bucket by (window, key) and update each bucket with one call per aggregation.
+        let mut buckets: BTreeMap<(Window, arrow::row::Row<'_>), Vec<u32>> = BTreeMap::new();
+        for (i, w) in pairs {
+            buckets
+                .entry((w, key_rows.row(i as usize)))
+                .or_default()
+                .push(i);
+        }
+        let layout = self
+            .layout
+            .as_ref()
+            .ok_or_else(|| self.internal("no layout"))?;
+        let mut touched_late = false;
+        for ((w, key), idx) in buckets {
+            let gk = key_of(w, key.owned());
+            if !self.state.contains_key(&gk) {
+                let accs = layout.new_accumulators().map_err(|e| self.internal(e))?;
+                self.state.insert(
+                    gk.clone(),
+                    Group {
+                        accs,
+                        pane_index: 0,
+                        on_time_fired: w.end <= self.watermark,
+                        dirty: false,
+                        acks: Vec::new(),
+                    },
+                );
+                if let WindowKind::Sessions { .. } = self.windowing.kind {
+                    self.sessions.entry(gk.2.clone()).or_default().insert(w);
+                }
+            }
+            let group = self
+                .state
+                .get_mut(&gk)
+                .ok_or_else(|| EngineError::internal(&self.name, "missing group"))?;
+            let indices = UInt32Array::from(idx);
+            for (acc, input) in group.accs.iter_mut().zip(&inputs) {
+                let part = take(input.as_ref(), &indices, None)
+                    .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
+                acc.update_batch(&[part])
+                    .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
+            }
+            group.dirty = true;
+            touched_late |= group.on_time_fired;
+            for a in &batch.acks {
+                if !group.acks.iter().any(|b| Arc::ptr_eq(a, b)) {
+                    group.acks.push(a.clone());
+                }
+            }
+        }
+        if touched_late && self.windowing.late_panes {
+            self.fire(out, |_, g| {
+                (g.dirty && g.on_time_fired).then_some(PaneTiming::Late)
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.watermark = self.watermark.max(watermark);
+        let wm = self.watermark;
+        let accumulating = self.windowing.accumulating;
+        self.fire(out, |k, g| {
+            (k.0 <= wm && !g.on_time_fired && (g.dirty || accumulating))
+                .then_some(PaneTiming::OnTime)
+        })?;
+        // Windows that closed without new data since an early pane still count as fired.
+        for (k, g) in self.state.iter_mut() {
+            if k.0 > wm {
+                break;
+            }
+            g.on_time_fired = true;
+        }
+        self.collect_garbage();
+        Ok(())
+    }
+
+    async fn on_end(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        self.on_watermark(END_OF_TIME, out).await
+    }
+
+    fn timer_interval(&self) -> Option<Duration> {
+        self.windowing.early_every
+    }
+
+    async fn on_timer(
+        &mut self,
+        _now: tokio::time::Instant,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        let wm = self.watermark;
+        self.fire(out, |k, g| {
+            (g.dirty && !g.on_time_fired && k.0 > wm).then_some(PaneTiming::Early)
+        })
+    }
+}

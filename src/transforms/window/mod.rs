@@ -1,0 +1,74 @@
+//! Event time and windowing transforms: `AssignTimestamps`, `WindowInto`, `Combine`,
+//! `ExtractWindowingInfo` and Sluice's `Deduplicate`. Window math lives in `crate::time`.
+
+pub mod aggregate;
+pub mod assign_timestamps;
+pub mod combine;
+pub mod dedup;
+pub mod extract_info;
+pub mod window_into;
+
+use crate::config::{PipelineSpec, TransformConfig};
+use crate::pipeline::graph::{Graph, Node};
+use crate::pipeline::operator::{EngineError, ErrorRoute};
+use crate::pipeline::runner::Stage;
+
+/// Builds the stage of a windowing transform (the `match` arms of `pipeline::build` for them).
+///
+/// # Errors
+/// A config error found only when building.
+pub fn build(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    node: &Node,
+    errors: ErrorRoute,
+) -> Result<Stage, EngineError> {
+    let t = &spec.transforms[node.spec];
+    let name = node.name.as_str();
+    let op: Box<dyn crate::pipeline::Operator> = match &t.config {
+        TransformConfig::AssignTimestamps {
+            timestamp,
+            watermark,
+        } => {
+            // Without a `watermark:` key, bounded pipelines keep the input watermark (nothing is
+            // late, as on Beam's batch runner); streaming ones generate one with the defaults.
+            let watermark = watermark.or_else(|| {
+                is_streaming(spec, graph).then_some(crate::config::components::WatermarkSpec {
+                    max_delay: crate::time::watermark::DEFAULT_MAX_DELAY,
+                    idle_timeout: None,
+                })
+            });
+            Box::new(assign_timestamps::AssignTimestamps::new(
+                timestamp.clone(),
+                watermark,
+                errors,
+            ))
+        }
+        TransformConfig::WindowInto { .. } => Box::new(window_into::WindowInto),
+        TransformConfig::Combine { group_by, combine } => Box::new(combine::Combine::new(
+            &spec.name,
+            group_by.iter().map(|g| g.value.clone()).collect(),
+            combine.clone(),
+            node.windowing,
+            errors,
+        )),
+        TransformConfig::ExtractWindowingInfo { fields } => Box::new(
+            extract_info::ExtractWindowingInfo::new(name, fields.clone(), node.windowing),
+        ),
+        TransformConfig::Deduplicate { by, within_ms } => Box::new(dedup::Deduplicate::new(
+            name,
+            by.iter().map(|b| b.value.clone()).collect(),
+            *within_ms,
+        )),
+        _ => {
+            return Err(EngineError::internal(name, "not a windowing transform"));
+        }
+    };
+    Ok(Stage::Operator(op))
+}
+
+/// Whether the pipeline reads an unbounded source (or says `options.streaming: true`).
+fn is_streaming(spec: &PipelineSpec, graph: &Graph) -> bool {
+    spec.options.streaming == Some(true)
+        || graph.nodes.iter().any(|n| n.type_name == "ReadFromPubSub")
+}
