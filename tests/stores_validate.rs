@@ -34,10 +34,22 @@ fn bad_postgres_configs_are_reported_with_positions() {
 ",
     );
     let err = check(&text).unwrap_err();
-    assert!(err.contains("p.yaml:11:14: `mysql://host/db` is not a Postgres URL"), "{err}");
-    assert!(err.contains("p.yaml:12:16: `bad name` is not a table name"), "{err}");
-    assert!(err.contains("`upsert_key` must name at least one field"), "{err}");
-    assert!(err.contains("p.yaml:14:14: unknown `tls` mode `requir`"), "{err}");
+    assert!(
+        err.contains("p.yaml:11:14: `mysql://host/db` is not a Postgres URL"),
+        "{err}"
+    );
+    assert!(
+        err.contains("p.yaml:12:16: `bad name` is not a table name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`upsert_key` must name at least one field"),
+        "{err}"
+    );
+    assert!(
+        err.contains("p.yaml:14:14: unknown `tls` mode `requir`"),
+        "{err}"
+    );
     assert!(err.contains("did you mean `require`?"), "{err}");
 }
 
@@ -55,7 +67,10 @@ fn bad_redis_configs_are_reported_with_positions() {
 ",
     );
     let err = check(&text).unwrap_err();
-    assert!(err.contains("p.yaml:11:14: `http://localhost:6379` is not a Redis URL"), "{err}");
+    assert!(
+        err.contains("p.yaml:11:14: `http://localhost:6379` is not a Redis URL"),
+        "{err}"
+    );
     assert!(err.contains("p.yaml:12:14: unclosed `{`"), "{err}");
     assert!(err.contains("p.yaml:13:15: unknown `mode` `sett`"), "{err}");
     assert!(err.contains("p.yaml:14:14:"), "{err}");
@@ -67,7 +82,10 @@ fn bad_redis_configs_are_reported_with_positions() {
 ",
     );
     let err = check(&zset).unwrap_err();
-    assert!(err.contains("`value` applies to `mode: string` only"), "{err}");
+    assert!(
+        err.contains("`value` applies to `mode: string` only"),
+        "{err}"
+    );
     assert!(err.contains("`mode: zset` needs `member`"), "{err}");
     assert!(err.contains("`mode: zset` needs `score`"), "{err}");
 }

@@ -116,10 +116,14 @@ pub async fn run_source(
     spec.options.batch_size = Some(batch_size);
     let graph = sluice::pipeline::validate(&spec).expect("pipeline is valid");
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    let (report, _) =
-        sluice::pipeline::execute(&spec, &graph, &Default::default(), sluice::pipeline::runner::RunControl { stop })
-            .await
-            .expect("pipeline runs");
+    let (report, _) = sluice::pipeline::execute(
+        &spec,
+        &graph,
+        &Default::default(),
+        sluice::pipeline::runner::RunControl { stop },
+    )
+    .await
+    .expect("pipeline runs");
     report
 }
 

@@ -167,7 +167,11 @@ pub fn parse(r: &mut MapReader<'_>, at: Pos, rep: &mut Reporter) -> Option<Postg
             let mut seen = Vec::new();
             for f in &k {
                 if seen.contains(&f.value) {
-                    rep.error(f.pos, format!("`{}` is repeated in `upsert_key`", f.value), None);
+                    rep.error(
+                        f.pos,
+                        format!("`{}` is repeated in `upsert_key`", f.value),
+                        None,
+                    );
                     ok = false;
                 }
                 seen.push(f.value.clone());
