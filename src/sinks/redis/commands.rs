@@ -305,7 +305,7 @@ mod tests {
         c.args_iter()
             .map(|a| match a {
                 redis::Arg::Simple(b) => String::from_utf8_lossy(b).to_string(),
-                redis::Arg::Cursor => "<cursor>".into(),
+                _ => "<cursor>".into(),
             })
             .collect()
     }
