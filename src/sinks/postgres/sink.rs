@@ -407,6 +407,8 @@ fn latest_per_key(
 ) -> (Vec<usize>, Vec<(usize, usize)>) {
     let mut last: HashMap<Vec<&str>, usize> = HashMap::with_capacity(n);
     let mut bad = Vec::new();
+    // Rows index every key column at once, so a range loop is the clear form here.
+    #[allow(clippy::needless_range_loop)]
     'rows: for r in 0..n {
         let mut k = Vec::with_capacity(key.len());
         for &c in key {

@@ -41,6 +41,9 @@ enum Kind {
     Zset { member: Resolved, score: usize },
 }
 
+/// Rendered rows: each writable row's commands, and (row JSON, reason) for the others.
+pub type Rendered = (Vec<RowWrite>, Vec<(String, String)>);
+
 /// The commands of one row.
 #[derive(Debug)]
 pub struct RowWrite {
@@ -104,10 +107,7 @@ impl Compiled {
     ///
     /// # Errors
     /// A column type that cannot be rendered as text.
-    pub fn render(
-        &self,
-        rows_: &RecordBatch,
-    ) -> Result<(Vec<RowWrite>, Vec<(String, String)>), String> {
+    pub fn render(&self, rows_: &RecordBatch) -> Result<Rendered, String> {
         let schema = rows_.schema();
         let texts: Vec<Vec<Option<String>>> = rows_
             .columns()
