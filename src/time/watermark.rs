@@ -51,10 +51,9 @@ impl BoundedOutOfOrderness {
     pub fn on_idle_check(&mut self, now: Instant) -> EventTime {
         if let (Some(timeout), Some(last), Some(seen)) =
             (self.idle_timeout, self.last_data, self.max_seen)
+            && now.saturating_duration_since(last) >= timeout
         {
-            if now.saturating_duration_since(last) >= timeout {
-                self.current = self.current.max(seen);
-            }
+            self.current = self.current.max(seen);
         }
         self.current
     }

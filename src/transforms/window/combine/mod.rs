@@ -457,10 +457,8 @@ impl Operator for Combine {
                         any = true;
                     }
                 }
-                if !any {
-                    if let Some(w) = ws.last() {
-                        late_rows.push((i, self.late_message(times[i], w)));
-                    }
+                if !any && let Some(w) = ws.last() {
+                    late_rows.push((i, self.late_message(times[i], w)));
                 }
             }
         }
