@@ -16,6 +16,7 @@ echo "== golden pipelines: validate and run their tests: sections"
 "$target/debug/sluice" test pipelines/*.yaml
 
 echo "== unit and integration tests"
+bash emulator-tests/run-stores-tests.sh start   # tests/postgres.rs and tests/redis.rs need them
 cargo test
 
 echo "== container image and Kubernetes manifests"

@@ -2,6 +2,8 @@
 # Runs the WriteToPostgres / WriteToRedis tests (tests/postgres.rs, tests/redis.rs) against the
 # machine's Postgres (127.0.0.1:5432, trust auth, database `test`) and Redis (127.0.0.1:6379),
 # starting either server when it is not running. The tests fail (never skip) without them.
+# `run-stores-tests.sh start` only starts the servers (run-tests.sh does this before `cargo test`,
+# which includes these suites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EMU_NAME=stores
@@ -42,5 +44,6 @@ if ! redis_ready; then
 fi
 wait_for Redis 30 redis_ready
 
+[ "${1:-}" = start ] && { log "Postgres and Redis are up"; exit 0; }
 log "Postgres and Redis are up; running the store tests"
 cargo test --test postgres --test redis

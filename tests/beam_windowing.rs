@@ -32,7 +32,7 @@ async fn check_case(
     for batch_size in [1, 8192] {
         let out = tempfile::tempdir().expect("tempdir");
         let output = out.path().join("out");
-        common::run(
+        common::run_source(
             &source,
             &[
                 (
@@ -92,11 +92,11 @@ async fn beam_window_info_combine() {
             )
         },
         |mut v| {
-            if let Some(obj) = v.as_object_mut() {
-                if let Some(Value::Array(p)) = obj.remove("pane_info") {
-                    obj.insert("pane_timing".into(), p[2].clone());
-                    obj.insert("pane_index".into(), p[3].clone());
-                }
+            if let Some(obj) = v.as_object_mut()
+                && let Some(Value::Array(p)) = obj.remove("pane_info")
+            {
+                obj.insert("pane_timing".into(), p[2].clone());
+                obj.insert("pane_index".into(), p[3].clone());
             }
             v
         },

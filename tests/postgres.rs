@@ -22,9 +22,14 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn client() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&format!("{URL}?application_name=sluice-tests"), tokio_postgres::NoTls)
-        .await
-        .expect("Postgres must be running on 127.0.0.1:5432 (emulator-tests/run-stores-tests.sh starts it)");
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{URL}?application_name=sluice-tests"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect(
+        "Postgres must be running on 127.0.0.1:5432 (emulator-tests/run-stores-tests.sh starts it)",
+    );
     tokio::spawn(conn);
     client
 }
@@ -99,8 +104,11 @@ async fn upsert_writes_exact_rows_and_a_replay_leaves_the_table_unchanged() {
     let cfg = format!(
         "{{url: \"{URL}\", table: {table}, upsert_key: [recipe_id, window_start], tls: disable}}"
     );
-    let spec = parse("pg.yaml", &pipeline(&input, "Store", &cfg, &dir.path().join("err")));
-    run(&spec).await.unwrap();
+    let spec = parse(
+        "pg.yaml",
+        &pipeline(&input, "Store", &cfg, &dir.path().join("err")),
+    );
+    run_spec(&spec).await.unwrap();
     let expected = vec![
         json!({"recipe_id": "r1", "window_start": "10:00", "views": 5, "rating": 4.25, "featured": true, "tags": ["x", "y"]}),
         json!({"recipe_id": "r1", "window_start": "10:01", "views": 2, "rating": 3.5, "featured": false, "tags": ["it's"]}),
@@ -145,9 +153,11 @@ async fn upsert_writes_exact_rows_and_a_replay_leaves_the_table_unchanged() {
     assert_eq!(pk, 1);
 
     // Replaying the same input leaves the table exactly as it was.
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     assert_eq!(table_rows(&c, &table, order).await, expected);
-    c.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    c.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -162,7 +172,10 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
     let cfg = format!(
         "{{url: \"{URL}\", table: {table}, upsert_key: [recipe_id, window_start], batch_size: 100}}"
     );
-    let spec = parse("pg.yaml", &pipeline(&input, &sink, &cfg, &dir.path().join("err")));
+    let spec = parse(
+        "pg.yaml",
+        &pipeline(&input, &sink, &cfg, &dir.path().join("err")),
+    );
     let app = WriteToPostgres::application_name(&sink);
 
     // Kill the sink's sessions a few times while it writes.
@@ -189,7 +202,7 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
         }
         kills
     });
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let kills = killer.await.unwrap();
     assert!(kills >= 1, "the test never caught the sink's connection");
 
@@ -202,9 +215,14 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
     assert!(read_json_outputs(&dir.path().join("err")).is_empty());
 
     // Same input again: identical state.
-    run(&spec).await.unwrap();
-    assert_eq!(table_rows(&c, &table, "recipe_id, window_start").await, before);
-    c.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    run_spec(&spec).await.unwrap();
+    assert_eq!(
+        table_rows(&c, &table, "recipe_id, window_start").await,
+        before
+    );
+    c.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
     eprintln!("killed the sink's connection {kills} times");
 }
 
@@ -245,12 +263,15 @@ async fn rows_the_database_refuses_reach_the_error_output_and_the_rest_are_writt
          upsert_key: [id], create_table: false, batch_size: 250}}"
     );
     let spec = parse("pg.yaml", &pipeline(&input, "Strict", &cfg, &errors));
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     assert_eq!(table_rows(&c, &table, "id").await, good);
 
     let mut rejected = read_json_outputs(&errors);
     rejected.sort_by_key(|r| r["msg"].as_str().unwrap().to_string());
-    let msgs: Vec<&str> = rejected.iter().map(|r| r["msg"].as_str().unwrap()).collect();
+    let msgs: Vec<&str> = rejected
+        .iter()
+        .map(|r| r["msg"].as_str().unwrap())
+        .collect();
     assert_eq!(rejected.len(), 5, "{msgs:#?}");
     let has = |code: &str, id: &str| {
         rejected.iter().any(|r| {
@@ -264,7 +285,9 @@ async fn rows_the_database_refuses_reach_the_error_output_and_the_rest_are_writt
     assert!(has("SQLSTATE 23502", "\"id\":401"), "{msgs:#?}"); // not null
     assert!(has("SQLSTATE 22003", "\"id\":999"), "{msgs:#?}"); // integer out of range
     assert!(has("upsert key field `id` is null", "nokey"), "{msgs:#?}");
-    c.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    c.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -294,8 +317,11 @@ async fn beam_write_statement_and_tls_require() {
         "{{jdbc_url: \"jdbc:postgresql://127.0.0.1:5432/test\", username: postgres, \
          write_statement: \"{stmt}\", tls: require}}"
     );
-    let spec = parse("pg.yaml", &pipeline(&input, "Beam", &cfg, &dir.path().join("err")));
-    run(&spec).await.unwrap();
+    let spec = parse(
+        "pg.yaml",
+        &pipeline(&input, "Beam", &cfg, &dir.path().join("err")),
+    );
+    run_spec(&spec).await.unwrap();
     let rows = c
         .query(
             &format!("SELECT id, name, to_char(at AT TIME ZONE 'UTC', 'HH24:MI') FROM {table} ORDER BY id"),
@@ -303,8 +329,10 @@ async fn beam_write_statement_and_tls_require() {
         )
         .await
         .unwrap();
-    let got: Vec<(i64, String, String)> =
-        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -312,7 +340,9 @@ async fn beam_write_statement_and_tls_require() {
             (2, "?".to_string(), "10:01".to_string())
         ]
     );
-    c.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    c.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -323,8 +353,13 @@ async fn a_missing_table_without_create_table_stops_the_run_with_a_config_error(
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, &[json!({"id": 1})]);
     let cfg = format!("{{url: \"{URL}\", table: {table}, create_table: false}}");
-    let spec = parse("pg.yaml", &pipeline(&input, "Absent", &cfg, &dir.path().join("err")));
-    let err = run(&spec).await.unwrap_err();
+    let spec = parse(
+        "pg.yaml",
+        &pipeline(&input, "Absent", &cfg, &dir.path().join("err")),
+    );
+    let Err(err) = run_spec(&spec).await else {
+        panic!("the run should fail")
+    };
     assert!(
         matches!(err, sluice::pipeline::EngineError::Config { .. }),
         "{err}"

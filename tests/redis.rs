@@ -112,8 +112,11 @@ async fn hash_mode_writes_exact_hashes_with_ttl_and_a_replay_changes_nothing() {
         "{{url: \"{URL}\", key: \"{p}recipe:{{recipe_id}}:views:{{window_start}}\", \
          fields: [views, title], ttl: 1h}}"
     );
-    let spec = parse("r.yaml", &pipeline(&input, "Hashes", &cfg, &dir.path().join("err")));
-    run(&spec).await.unwrap();
+    let spec = parse(
+        "r.yaml",
+        &pipeline(&input, "Hashes", &cfg, &dir.path().join("err")),
+    );
+    run_spec(&spec).await.unwrap();
     let want: BTreeMap<String, Value> = [
         (format!("{p}recipe:r1:views:10:00"), json!({"views": "7"})),
         (
@@ -126,7 +129,7 @@ async fn hash_mode_writes_exact_hashes_with_ttl_and_a_replay_changes_nothing() {
     assert_eq!(dump(&mut c, &p).await, want);
     let ttl: i64 = c.ttl(format!("{p}recipe:r2:views:10:00")).await.unwrap();
     assert!((3500..=3600).contains(&ttl), "ttl {ttl}");
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     assert_eq!(dump(&mut c, &p).await, want);
     clear(&mut c, &p).await;
 }
@@ -169,7 +172,7 @@ pipeline:
         input = input.display()
     );
     let spec = parse("r.yaml", &text);
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let want: BTreeMap<String, Value> = [
         (format!("{p}top:10"), json!([["r2", 15.0], ["r1", 30.0]])),
         (format!("{p}top:11"), json!([["r1", 4.0]])),
@@ -191,7 +194,7 @@ pipeline:
     .into_iter()
     .collect();
     assert_eq!(dump(&mut c, &p).await, want);
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     assert_eq!(dump(&mut c, &p).await, want);
     clear(&mut c, &p).await;
 }
@@ -209,14 +212,21 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
         .collect();
     write_jsonl(&input, &rows);
     let cfg = format!("{{url: \"{URL}\", key: \"{p}{{id}}\"}}");
-    let spec = parse("r.yaml", &pipeline(&input, &sink, &cfg, &dir.path().join("err")));
+    let spec = parse(
+        "r.yaml",
+        &pipeline(&input, &sink, &cfg, &dir.path().join("err")),
+    );
     let name = WriteToRedis::client_name(&sink);
     let killer = tokio::spawn(async move {
         let mut c = conn().await;
         let mut kills = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while kills < 3 && tokio::time::Instant::now() < deadline {
-            let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap();
             let ids: Vec<String> = list
                 .lines()
                 .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
@@ -241,7 +251,7 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
         }
         kills
     });
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let kills = killer.await.unwrap();
     assert!(kills >= 1, "the test never caught the sink's connection");
     let state = dump(&mut c, &p).await;
@@ -253,7 +263,7 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
         );
     }
     assert!(read_json_outputs(&dir.path().join("err")).is_empty());
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     assert_eq!(dump(&mut c, &p).await, state);
     clear(&mut c, &p).await;
     eprintln!("killed the sink's connection {kills} times");
@@ -284,9 +294,12 @@ async fn rows_that_cannot_be_written_reach_the_error_output() {
          score: score, max_value_bytes: 64}}"
     );
     let spec = parse("r.yaml", &pipeline(&input, "Board", &cfg, &errors));
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let state = dump(&mut c, &p).await;
-    assert_eq!(state[&format!("{p}top:ok")], json!([["r6", -2000.0], ["r1", 1.5]]));
+    assert_eq!(
+        state[&format!("{p}top:ok")],
+        json!([["r6", -2000.0], ["r1", 1.5]])
+    );
     let rejected = read_json_outputs(&errors);
     let why = |note: &str| -> String {
         rejected
@@ -299,6 +312,10 @@ async fn rows_that_cannot_be_written_reach_the_error_output() {
     assert!(why("no key").contains("key field `board` is null"));
     assert!(why("bad score").contains("not a number: lots"));
     assert!(why("long member").contains("over max_value_bytes"));
-    assert!(why("wrong type").contains("WRONGTYPE"), "{}", why("wrong type"));
+    assert!(
+        why("wrong type").contains("WRONGTYPE"),
+        "{}",
+        why("wrong type")
+    );
     clear(&mut c, &p).await;
 }

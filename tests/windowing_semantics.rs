@@ -75,7 +75,7 @@ async fn run(source: &str, events: &[String], batch_size: usize) -> (Vec<Value>,
     std::fs::write(&input, events.join("\n") + "\n").expect("write input");
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).expect("out dir");
-    common::run(
+    common::run_source(
         source,
         &[
             ("input", input.to_str().expect("utf-8")),
@@ -258,7 +258,7 @@ pipeline:
         std::fs::write(&input, events.join("\n")).expect("write");
         let out = dir.path().join("out");
         std::fs::create_dir_all(&out).expect("out dir");
-        common::run(
+        common::run_source(
             src,
             &[
                 ("input", input.to_str().expect("utf-8")),

@@ -26,11 +26,7 @@ pub fn column_text(array: &ArrayRef) -> Result<Vec<Option<String>>, String> {
             .collect()),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
             let bin = cast(array, &DataType::LargeBinary).map_err(|e| e.to_string())?;
-            Ok(bin
-                .as_binary::<i64>()
-                .iter()
-                .map(|v| v.map(hex))
-                .collect())
+            Ok(bin.as_binary::<i64>().iter().map(|v| v.map(hex)).collect())
         }
         t if is_nested(t) => Ok(json_text(array)),
         t => {
@@ -112,7 +108,10 @@ mod tests {
             Some(vec![Some(1), Some(2)]),
             None,
         ]));
-        assert_eq!(column_text(&list).unwrap(), vec![Some("[1,2]".into()), None]);
+        assert_eq!(
+            column_text(&list).unwrap(),
+            vec![Some("[1,2]".into()), None]
+        );
         let bin: ArrayRef = Arc::new(BinaryArray::from(vec![&b"\x01\xff"[..]]));
         assert_eq!(column_text(&bin).unwrap(), vec![Some("\\x01ff".into())]);
     }

@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: run a pipeline through the library, read outputs,
-//! and normalise rows for comparison with Beam's.
+//! Helpers shared by the integration tests: run a pipeline through the library, read outputs
+//! (and, for the windowing tests, normalise them for comparison with Beam's output).
 
 #![allow(dead_code)]
 
@@ -103,7 +103,7 @@ pub fn stat(report: &RunReport, name: &str) -> (u64, u64, u64) {
 }
 
 /// Runs pipeline `source` with `vars`, overriding `options.batch_size`.
-pub async fn run(
+pub async fn run_source(
     source: &str,
     vars: &[(&str, &str)],
     batch_size: usize,
@@ -116,15 +116,19 @@ pub async fn run(
     spec.options.batch_size = Some(batch_size);
     let graph = sluice::pipeline::validate(&spec).expect("pipeline is valid");
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    let (report, _) =
-        sluice::pipeline::execute(&spec, &graph, &Default::default(), RunControl::new(stop))
-            .await
-            .expect("pipeline runs");
+    let (report, _) = sluice::pipeline::execute(
+        &spec,
+        &graph,
+        &Default::default(),
+        sluice::pipeline::runner::RunControl::new(stop),
+    )
+    .await
+    .expect("pipeline runs");
     report
 }
 
 /// Every JSON line of the files in `dir` whose name starts with `prefix`.
-pub fn read_rows(dir: &std::path::Path, prefix: &str) -> Vec<Value> {
+pub fn read_rows(dir: &Path, prefix: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .expect("output dir")
@@ -176,4 +180,3 @@ pub fn canonical(rows: &[Value]) -> Vec<String> {
     out.sort();
     out
 }
-

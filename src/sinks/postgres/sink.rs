@@ -208,8 +208,12 @@ impl WriteToPostgres {
     }
 
     /// Reads the table's columns (creating the table first when missing and allowed).
-    async fn resolve(&mut self, schema: &SchemaRef) -> Result<Plan, Result<DbFailure, EngineError>> {
-        let config = |m: String| Err(EngineError::config(&self.name, m));
+    async fn resolve(
+        &mut self,
+        schema: &SchemaRef,
+    ) -> Result<Plan, Result<DbFailure, EngineError>> {
+        let name = self.name.clone();
+        let config = |m: String| Err(EngineError::config(&name, m));
         if let Some(w) = &self.cfg.write_statement {
             let n = sql::count_placeholders(w);
             if n != schema.fields().len() {
@@ -224,7 +228,7 @@ impl WriteToPostgres {
             });
         }
         let table = self.cfg.table.clone().unwrap_or_default();
-        let parts = sql::qualified_name(&table).map_err(config)?;
+        let parts = sql::qualified_name(&table).map_err(&config)?;
         let quoted = sql::quoted_table(&parts);
         let mut key = Vec::new();
         for k in &self.cfg.upsert_key {
@@ -322,11 +326,12 @@ impl WriteToPostgres {
                 let mut script = String::new();
                 for &r in rows {
                     let values: Vec<Option<&str>> = texts.iter().map(|c| c[r].as_deref()).collect();
-                    let stmt = sql::bind_placeholders(template, &values).map_err(|m| DbFailure {
-                        kind: Failure::Fatal,
-                        message: m,
-                        source: None,
-                    })?;
+                    let stmt =
+                        sql::bind_placeholders(template, &values).map_err(|m| DbFailure {
+                            kind: Failure::Fatal,
+                            message: m,
+                            source: None,
+                        })?;
                     script.push_str(&stmt);
                     script.push_str(";\n");
                 }
@@ -342,10 +347,9 @@ impl WriteToPostgres {
         let plan = self.plan_for(&user.schema()).await?;
         let mut texts = Vec::with_capacity(user.num_columns());
         for (f, c) in user.schema().fields().iter().zip(user.columns()) {
-            texts.push(
-                column_text(c)
-                    .map_err(|e| EngineError::config(&self.name, format!("field `{}`: {e}", f.name())))?,
-            );
+            texts.push(column_text(c).map_err(|e| {
+                EngineError::config(&self.name, format!("field `{}`: {e}", f.name()))
+            })?);
         }
         let mut rejected = Vec::new();
         let mut todo: Vec<usize> = (0..user.num_rows()).collect();
@@ -356,7 +360,10 @@ impl WriteToPostgres {
             for (r, field) in bad {
                 rejected.push((
                     rows::row_json(user, r),
-                    format!("upsert key field `{}` is null", user.schema().field(field).name()),
+                    format!(
+                        "upsert key field `{}` is null",
+                        user.schema().field(field).name()
+                    ),
                 ));
             }
             todo = keep;
@@ -400,6 +407,8 @@ fn latest_per_key(
 ) -> (Vec<usize>, Vec<(usize, usize)>) {
     let mut last: HashMap<Vec<&str>, usize> = HashMap::with_capacity(n);
     let mut bad = Vec::new();
+    // Rows index every key column at once, so a range loop is the clear form here.
+    #[allow(clippy::needless_range_loop)]
     'rows: for r in 0..n {
         let mut k = Vec::with_capacity(key.len());
         for &c in key {

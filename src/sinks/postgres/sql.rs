@@ -30,7 +30,8 @@ pub fn qualified_name(name: &str) -> Result<Vec<String>, String> {
                 .chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
             if !valid {
                 return Err(format!(
                     "`{name}` is not a table name (letters, digits and _; quote other names)"
@@ -106,7 +107,9 @@ pub fn create_table(table: &str, schema: &Schema, key: &[String]) -> String {
 /// other column (`DO NOTHING` when every column is in the key).
 pub fn unnest_insert(table: &str, columns: &[(String, String)], key: &[String]) -> String {
     let names: Vec<String> = columns.iter().map(|(n, _)| ident(n)).collect();
-    let params: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
+    let params: Vec<String> = (1..=columns.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
     let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
     let casts: Vec<String> = columns
         .iter()
@@ -258,7 +261,10 @@ mod tests {
         assert!(qualified_name("a b").is_err());
         assert!(qualified_name("a.b.c").is_err());
         assert!(qualified_name("x; drop table y").is_err());
-        assert_eq!(quoted_table(&["public".into(), "v".into()]), "\"public\".\"v\"");
+        assert_eq!(
+            quoted_table(&["public".into(), "v".into()]),
+            "\"public\".\"v\""
+        );
     }
 
     #[test]
@@ -272,7 +278,11 @@ mod tests {
             Field::new("d", DataType::Date32, true),
             Field::new(
                 "tags",
-                DataType::List(std::sync::Arc::new(Field::new("item", DataType::Utf8, true))),
+                DataType::List(std::sync::Arc::new(Field::new(
+                    "item",
+                    DataType::Utf8,
+                    true,
+                ))),
                 true,
             ),
         ]);

@@ -41,6 +41,9 @@ enum Kind {
     Zset { member: Resolved, score: usize },
 }
 
+/// Rendered rows: each writable row's commands, and (row JSON, reason) for the others.
+pub type Rendered = (Vec<RowWrite>, Vec<(String, String)>);
+
 /// The commands of one row.
 #[derive(Debug)]
 pub struct RowWrite {
@@ -104,10 +107,7 @@ impl Compiled {
     ///
     /// # Errors
     /// A column type that cannot be rendered as text.
-    pub fn render(
-        &self,
-        rows_: &RecordBatch,
-    ) -> Result<(Vec<RowWrite>, Vec<(String, String)>), String> {
+    pub fn render(&self, rows_: &RecordBatch) -> Result<Rendered, String> {
         let schema = rows_.schema();
         let texts: Vec<Vec<Option<String>>> = rows_
             .columns()
@@ -250,7 +250,10 @@ fn scores(col: &dyn Array) -> Vec<Option<f64>> {
         return s
             .as_string::<i32>()
             .iter()
-            .map(|v| v.and_then(|v| v.trim().parse::<f64>().ok()).filter(|f| !f.is_nan()))
+            .map(|v| {
+                v.and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|f| !f.is_nan())
+            })
             .collect();
     }
     match cast(col, &DataType::Float64) {
@@ -302,7 +305,7 @@ mod tests {
         c.args_iter()
             .map(|a| match a {
                 redis::Arg::Simple(b) => String::from_utf8_lossy(b).to_string(),
-                redis::Arg::Cursor => "<cursor>".into(),
+                _ => "<cursor>".into(),
             })
             .collect()
     }
@@ -313,7 +316,10 @@ mod tests {
         let c = Compiled::new(&cfg(Mode::Hash { fields: None }), &b.schema()).unwrap();
         let (writes, rejected) = c.render(&b).unwrap();
         assert_eq!(writes.len(), 2);
-        assert_eq!(args(&writes[0].cmds[0]), ["HSET", "r:a", "id", "a", "views", "1", "score", "1.5"]);
+        assert_eq!(
+            args(&writes[0].cmds[0]),
+            ["HSET", "r:a", "id", "a", "views", "1", "score", "1.5"]
+        );
         assert_eq!(args(&writes[0].cmds[1]), ["PEXPIRE", "r:a", "60000"]);
         assert_eq!(args(&writes[1].cmds[1]), ["HDEL", "r:c", "views"]);
         assert_eq!(rejected.len(), 1);
@@ -341,9 +347,16 @@ mod tests {
         c.max_value_bytes = 10;
         let (writes, rejected) = Compiled::new(&c, &b.schema()).unwrap().render(&b).unwrap();
         assert!(writes.is_empty());
-        assert!(rejected.iter().any(|r| r.1.contains("over max_value_bytes")));
+        assert!(
+            rejected
+                .iter()
+                .any(|r| r.1.contains("over max_value_bytes"))
+        );
         c.key = Template::parse("r:{nope}").unwrap();
         let e = Compiled::new(&c, &b.schema()).unwrap_err();
-        assert!(e.contains("`nope`") && e.contains("fields: id, views, score"), "{e}");
+        assert!(
+            e.contains("`nope`") && e.contains("fields: id, views, score"),
+            "{e}"
+        );
     }
 }

@@ -218,7 +218,11 @@ pub fn parse(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<RedisConfig> {
         }
     };
     if ttl == Some(Duration::ZERO) {
-        rep.error(r.pos(), "`ttl` must be positive (leave it out for no expiry)", None);
+        rep.error(
+            r.pos(),
+            "`ttl` must be positive (leave it out for no expiry)",
+            None,
+        );
         ok = false;
     }
     if max_value_bytes == Some(0) {
@@ -241,7 +245,11 @@ fn template(t: &Located<String>, rep: &mut Reporter) -> Option<Template> {
     match Template::parse(&t.value) {
         Ok(t) => Some(t),
         Err(e) => {
-            rep.error(t.pos, e, Some("fields are named in braces: `recipe:{recipe_id}`".into()));
+            rep.error(
+                t.pos,
+                e,
+                Some("fields are named in braces: `recipe:{recipe_id}`".into()),
+            );
             None
         }
     }
@@ -252,7 +260,10 @@ fn check_url(u: &Located<String>, rep: &mut Reporter) -> bool {
         rep.error(
             u.pos,
             format!("`{}` is not a Redis URL", u.value),
-            Some("use redis://[user:password@]host:port[/db] (rediss:// TLS is not in this build)".into()),
+            Some(
+                "use redis://[user:password@]host:port[/db] (rediss:// TLS is not in this build)"
+                    .into(),
+            ),
         );
         return false;
     }
@@ -264,7 +275,6 @@ fn check_url(u: &Located<String>, rep: &mut Reporter) -> bool {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -283,7 +293,10 @@ mod tests {
                 Part::Lit("{x}".into()),
             ]
         );
-        assert_eq!(t.fields().collect::<Vec<_>>(), vec!["recipe_id", "window_start"]);
+        assert_eq!(
+            t.fields().collect::<Vec<_>>(),
+            vec!["recipe_id", "window_start"]
+        );
         assert!(Template::parse("a:{b").is_err());
         assert!(Template::parse("a:{}").is_err());
         assert!(Template::parse("a}").is_err());

@@ -187,7 +187,11 @@ impl Operator for WriteToRedis {
                         }
                     },
                     Err(e) => {
-                        return Err(EngineError::external(&self.name, "cannot write to Redis", e));
+                        return Err(EngineError::external(
+                            &self.name,
+                            "cannot write to Redis",
+                            e,
+                        ));
                     }
                 }
             }
@@ -204,8 +208,14 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("redis://u:secret@host:6379/0"), "redis://…@host:6379/0");
+        assert_eq!(
+            redact("redis://u:secret@host:6379/0"),
+            "redis://…@host:6379/0"
+        );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-        assert_eq!(WriteToRedis::client_name("Top Recipes"), "sluice/Top_Recipes");
+        assert_eq!(
+            WriteToRedis::client_name("Top Recipes"),
+            "sluice/Top_Recipes"
+        );
     }
 }
