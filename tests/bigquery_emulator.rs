@@ -93,7 +93,10 @@ async fn insert(ds: &str, table: &str, rows: Value) {
 async fn query(sql: &str) -> Vec<Value> {
     let v = post("/queries", json!({"query": sql, "useLegacySql": false})).await;
     assert!(v["errors"].as_array().is_none_or(|e| e.is_empty()), "{v}");
-    let fields = v["schema"]["fields"].as_array().cloned().unwrap_or_default();
+    let fields = v["schema"]["fields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     v["rows"]
         .as_array()
         .cloned()
@@ -107,7 +110,10 @@ fn unwrap_row(fields: &[Value], row: &Value) -> Value {
     let cells = row["f"].as_array().cloned().unwrap_or_default();
     let mut obj = serde_json::Map::new();
     for (f, c) in fields.iter().zip(cells) {
-        obj.insert(f["name"].as_str().unwrap().to_string(), unwrap_cell(f, &c["v"]));
+        obj.insert(
+            f["name"].as_str().unwrap().to_string(),
+            unwrap_cell(f, &c["v"]),
+        );
     }
     Value::Object(obj)
 }
@@ -308,7 +314,8 @@ pipeline:
     assert_eq!(table["timePartitioning"]["type"], "DAY", "{table}");
     assert_eq!(table["timePartitioning"]["field"], "at");
     assert_eq!(table["clustering"]["fields"], json!(["shop"]));
-    let rows = query("SELECT at, shop, amount FROM `test-project.w_layout.sales` ORDER BY at").await;
+    let rows =
+        query("SELECT at, shop, amount FROM `test-project.w_layout.sales` ORDER BY at").await;
     assert_eq!(
         rows,
         vec![
@@ -546,7 +553,8 @@ async fn latest_pane_view_keeps_the_last_pane_per_window_and_key() {
         .replace("${keys}", "recipe_id");
     query(sql.trim().trim_end_matches(';')).await;
     let mut rows =
-        query("SELECT * FROM `test-project.v_latest.latest` ORDER BY window_start, recipe_id").await;
+        query("SELECT * FROM `test-project.v_latest.latest` ORDER BY window_start, recipe_id")
+            .await;
     for r in &mut rows {
         let o = r.as_object_mut().unwrap();
         o.retain(|k, _| ["window_start", "recipe_id", "pane_index", "views"].contains(&k.as_str()));

@@ -184,7 +184,11 @@ pub const MAX_ELAPSED: Duration = Duration::from_secs(600);
 ///
 /// # Errors
 /// The last error.
-pub async fn with_retries<T, F, Fut>(what: &str, max_elapsed: Duration, mut op: F) -> Result<T, BqError>
+pub async fn with_retries<T, F, Fut>(
+    what: &str,
+    max_elapsed: Duration,
+    mut op: F,
+) -> Result<T, BqError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, BqError>>,
@@ -253,8 +257,10 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls, 1);
-        let r: Result<(), BqError> =
-            with_retries("test", Duration::from_secs(5), || async { Err(status(500)) }).await;
+        let r: Result<(), BqError> = with_retries("test", Duration::from_secs(5), || async {
+            Err(status(500))
+        })
+        .await;
         assert!(matches!(r, Err(BqError::Status { status: 500, .. })));
     }
 }
