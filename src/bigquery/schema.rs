@@ -20,7 +20,7 @@ use gcp_bigquery_client::model::field_type::FieldType;
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 
-use crate::record::batch::{meta, user_columns, with_column};
+use crate::record::{meta, user_columns, with_column};
 
 /// Field metadata key/value that marks a Utf8 column as BigQuery JSON.
 pub const EXTENSION_KEY: &str = "ARROW:extension:name";

@@ -29,7 +29,7 @@ use super::schema::{self, SLUICE_ID};
 use super::table::{self, Layout, Target};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
 use crate::record::Batch;
-use crate::record::batch::meta;
+use crate::record::meta;
 use crate::record::rows::to_json_rows;
 
 /// BigQuery recommends at most 500 rows per insertAll request (quota: 50,000 rows, 10 MB).

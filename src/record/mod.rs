@@ -6,4 +6,4 @@ pub mod json;
 pub mod rows;
 pub mod schema;
 
-pub use batch::{Batch, meta};
+pub use batch::{Batch, meta, user_columns, with_column};
