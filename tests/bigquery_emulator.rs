@@ -137,6 +137,13 @@ fn unwrap_cell(field: &Value, v: &Value) -> Value {
     v.clone()
 }
 
+async fn run_err(spec: &sluice::config::PipelineSpec) -> String {
+    match run(spec).await {
+        Ok(_) => panic!("the run should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn yaml(text: &str) -> sluice::config::PipelineSpec {
     parse("bq.yaml", text)
 }
@@ -273,7 +280,7 @@ pipeline:
         create_disposition: CREATE_NEVER
 ",
     );
-    let err = run(&spec).await.unwrap_err().to_string();
+    let err = run_err(&spec).await;
     assert!(err.contains("does not exist"), "{err}");
 }
 
@@ -350,7 +357,7 @@ pipeline:
         query("SELECT v FROM `test-project.w_disp.t`").await,
         vec![json!({"v": "9"})]
     );
-    let err = run(&pipeline("WRITE_EMPTY")).await.unwrap_err().to_string();
+    let err = run_err(&pipeline("WRITE_EMPTY")).await;
     assert!(err.contains("not empty"), "{err}");
     run(&pipeline("WRITE_APPEND")).await.unwrap();
     assert_eq!(
@@ -472,7 +479,7 @@ pipeline:
     - type: LogForTesting
 ",
     );
-    let err = run(&spec).await.unwrap_err().to_string();
+    let err = run_err(&spec).await;
     assert!(err.contains("query failed"), "{err}");
 }
 

