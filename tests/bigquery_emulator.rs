@@ -322,7 +322,7 @@ pipeline:
     assert_eq!(table["timePartitioning"]["field"], "at");
     assert_eq!(table["clustering"]["fields"], json!(["shop"]));
     let rows =
-        query("SELECT at, shop, amount FROM `test-project.w_layout.sales` ORDER BY at").await;
+        query("SELECT `at`, shop, amount FROM `test-project.w_layout.sales` ORDER BY `at`").await;
     assert_eq!(
         rows,
         vec![
@@ -423,9 +423,9 @@ pipeline:
     let rows = read_json_outputs(&out);
     assert_rows_eq(
         &[
-            json!({"id": 2, "user": "bob", "at": "2026-01-03T00:00:00Z", "amount": "10.000000000",
+            json!({"id": 2, "user": "bob", "at": "2026-01-03T00:00:00Z", "amount": 10.0,
                    "score": 2.0, "day": "2026-01-03", "paid": false, "tags": [], "geo": {"city": "Rome"}}),
-            json!({"id": 3, "user": "cy", "at": "2026-01-04T00:00:00Z", "amount": "0.500000000",
+            json!({"id": 3, "user": "cy", "at": "2026-01-04T00:00:00Z", "amount": 0.5,
                    "score": null, "day": null, "paid": null, "tags": ["b", "c"], "geo": null}),
         ],
         &rows,
