@@ -56,7 +56,7 @@ pipeline:
     let d = diagnostics(text);
     let expected = [
         "p.yaml:7:16: `ReadFromBigQuery` takes either `table` or `query`, not both",
-        "p.yaml:8:7: `ReadFromBigQuery` needs `table` or `query`",
+        "p.yaml:8:13: `ReadFromBigQuery` needs `table` or `query`",
         "p.yaml:16:16: table `just_a_table` is not `project.dataset.table`, `project:dataset.table` or `dataset.table`",
         "p.yaml:22:29: unknown `create_disposition` `CREATE_IF_NEEDD`",
         "hint: did you mean `CREATE_IF_NEEDED`?",

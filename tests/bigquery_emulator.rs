@@ -93,7 +93,10 @@ async fn insert(ds: &str, table: &str, rows: Value) {
 async fn query(sql: &str) -> Vec<Value> {
     let v = post("/queries", json!({"query": sql, "useLegacySql": false})).await;
     assert!(v["errors"].as_array().is_none_or(|e| e.is_empty()), "{v}");
-    let fields = v["schema"]["fields"].as_array().cloned().unwrap_or_default();
+    let fields = v["schema"]["fields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     v["rows"]
         .as_array()
         .cloned()
@@ -107,7 +110,10 @@ fn unwrap_row(fields: &[Value], row: &Value) -> Value {
     let cells = row["f"].as_array().cloned().unwrap_or_default();
     let mut obj = serde_json::Map::new();
     for (f, c) in fields.iter().zip(cells) {
-        obj.insert(f["name"].as_str().unwrap().to_string(), unwrap_cell(f, &c["v"]));
+        obj.insert(
+            f["name"].as_str().unwrap().to_string(),
+            unwrap_cell(f, &c["v"]),
+        );
     }
     Value::Object(obj)
 }
@@ -129,6 +135,13 @@ fn unwrap_cell(field: &Value, v: &Value) -> Value {
         return unwrap_row(field["fields"].as_array().unwrap(), v);
     }
     v.clone()
+}
+
+async fn run_err(spec: &sluice::config::PipelineSpec) -> String {
+    match run(spec).await {
+        Ok(_) => panic!("the run should fail"),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn yaml(text: &str) -> sluice::config::PipelineSpec {
@@ -267,7 +280,7 @@ pipeline:
         create_disposition: CREATE_NEVER
 ",
     );
-    let err = run(&spec).await.unwrap_err().to_string();
+    let err = run_err(&spec).await;
     assert!(err.contains("does not exist"), "{err}");
 }
 
@@ -308,7 +321,8 @@ pipeline:
     assert_eq!(table["timePartitioning"]["type"], "DAY", "{table}");
     assert_eq!(table["timePartitioning"]["field"], "at");
     assert_eq!(table["clustering"]["fields"], json!(["shop"]));
-    let rows = query("SELECT at, shop, amount FROM `test-project.w_layout.sales` ORDER BY at").await;
+    let rows =
+        query("SELECT `at`, shop, amount FROM `test-project.w_layout.sales` ORDER BY `at`").await;
     assert_eq!(
         rows,
         vec![
@@ -343,7 +357,7 @@ pipeline:
         query("SELECT v FROM `test-project.w_disp.t`").await,
         vec![json!({"v": "9"})]
     );
-    let err = run(&pipeline("WRITE_EMPTY")).await.unwrap_err().to_string();
+    let err = run_err(&pipeline("WRITE_EMPTY")).await;
     assert!(err.contains("not empty"), "{err}");
     run(&pipeline("WRITE_APPEND")).await.unwrap();
     assert_eq!(
@@ -409,9 +423,9 @@ pipeline:
     let rows = read_json_outputs(&out);
     assert_rows_eq(
         &[
-            json!({"id": 2, "user": "bob", "at": "2026-01-03T00:00:00Z", "amount": "10.000000000",
+            json!({"id": 2, "user": "bob", "at": "2026-01-03T00:00:00Z", "amount": 10.0,
                    "score": 2.0, "day": "2026-01-03", "paid": false, "tags": [], "geo": {"city": "Rome"}}),
-            json!({"id": 3, "user": "cy", "at": "2026-01-04T00:00:00Z", "amount": "0.500000000",
+            json!({"id": 3, "user": "cy", "at": "2026-01-04T00:00:00Z", "amount": 0.5,
                    "score": null, "day": null, "paid": null, "tags": ["b", "c"], "geo": null}),
         ],
         &rows,
@@ -465,7 +479,7 @@ pipeline:
     - type: LogForTesting
 ",
     );
-    let err = run(&spec).await.unwrap_err().to_string();
+    let err = run_err(&spec).await;
     assert!(err.contains("query failed"), "{err}");
 }
 
@@ -546,7 +560,8 @@ async fn latest_pane_view_keeps_the_last_pane_per_window_and_key() {
         .replace("${keys}", "recipe_id");
     query(sql.trim().trim_end_matches(';')).await;
     let mut rows =
-        query("SELECT * FROM `test-project.v_latest.latest` ORDER BY window_start, recipe_id").await;
+        query("SELECT * FROM `test-project.v_latest.latest` ORDER BY window_start, recipe_id")
+            .await;
     for r in &mut rows {
         let o = r.as_object_mut().unwrap();
         o.retain(|k, _| ["window_start", "recipe_id", "pane_index", "views"].contains(&k.as_str()));

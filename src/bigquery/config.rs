@@ -175,7 +175,11 @@ fn choice<T: Copy>(
 
 /// Reads `WriteToBigQuery`'s config (the reader was made with [`WRITE_KEYS`]).
 /// `error_handling` inside `config` is read by the spec parser, not here.
-pub fn parse_write(r: &mut MapReader<'_>, fallback: Pos, rep: &mut Reporter) -> Option<WriteConfig> {
+pub fn parse_write(
+    r: &mut MapReader<'_>,
+    fallback: Pos,
+    rep: &mut Reporter,
+) -> Option<WriteConfig> {
     if !r.has("table") {
         rep.error(fallback, "`WriteToBigQuery` needs `table`", None);
     }
@@ -210,7 +214,9 @@ pub fn parse_write(r: &mut MapReader<'_>, fallback: Pos, rep: &mut Reporter) -> 
             rep.error(
                 pos,
                 "`method: storage_write` is not available in this build yet",
-                Some("use `method: insert_all` (the default); it deduplicates on the row id".into()),
+                Some(
+                    "use `method: insert_all` (the default); it deduplicates on the row id".into(),
+                ),
             );
             WriteMethod::StorageWrite
         }

@@ -20,7 +20,7 @@ use gcp_bigquery_client::model::field_type::FieldType;
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 
-use crate::record::batch::{meta, user_columns, with_column};
+use crate::record::{meta, user_columns, with_column};
 
 /// Field metadata key/value that marks a Utf8 column as BigQuery JSON.
 pub const EXTENSION_KEY: &str = "ARROW:extension:name";
@@ -73,7 +73,10 @@ fn field_to_bigquery(f: &Field) -> Result<TableFieldSchema, String> {
     Ok(out)
 }
 
-fn scalar_type(name: &str, f: &Field) -> Result<(FieldType, Option<Vec<TableFieldSchema>>), String> {
+fn scalar_type(
+    name: &str,
+    f: &Field,
+) -> Result<(FieldType, Option<Vec<TableFieldSchema>>), String> {
     let t = match f.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
             if f.metadata().get(EXTENSION_KEY).map(String::as_str) == Some(JSON_EXTENSION) {
@@ -93,7 +96,9 @@ fn scalar_type(name: &str, f: &Field) -> Result<(FieldType, Option<Vec<TableFiel
         | DataType::UInt32
         | DataType::UInt64 => FieldType::Int64,
         DataType::Float16 | DataType::Float32 | DataType::Float64 => FieldType::Float64,
-        DataType::Decimal128(p, s) if (0..=9).contains(s) && i16::from(*p) - i16::from(*s) <= 29 => {
+        DataType::Decimal128(p, s)
+            if (0..=9).contains(s) && i16::from(*p) - i16::from(*s) <= 29 =>
+        {
             FieldType::Numeric
         }
         DataType::Decimal128(..) | DataType::Decimal256(..) => FieldType::Bignumeric,
@@ -218,7 +223,11 @@ pub fn rows_to_write(rows: &RecordBatch) -> RecordBatch {
             ) as ArrayRef
         });
     add(&mut out, PANE_TIMING, timing);
-    add(&mut out, SLUICE_ID, rows.column_by_name(meta::ROW_ID).cloned());
+    add(
+        &mut out,
+        SLUICE_ID,
+        rows.column_by_name(meta::ROW_ID).cloned(),
+    );
     out
 }
 
@@ -316,7 +325,11 @@ mod tests {
             out.column(1).data_type(),
             &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
         );
-        let timing = out.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        let timing = out
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(timing.value(0), "ON_TIME");
     }
 }

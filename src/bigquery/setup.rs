@@ -32,7 +32,9 @@ pub fn declared_tables(spec: &PipelineSpec) -> Vec<(String, TableRef, bool)> {
     spec.transforms
         .iter()
         .filter_map(|t| match &t.config {
-            TransformConfig::WriteToBigQuery(w) => Some((t.name.clone(), w.table.value.clone(), true)),
+            TransformConfig::WriteToBigQuery(w) => {
+                Some((t.name.clone(), w.table.value.clone(), true))
+            }
             TransformConfig::ReadFromBigQuery(r) => match &r.source {
                 ReadSource::Table(tr) => Some((t.name.clone(), tr.clone(), false)),
                 ReadSource::Query(_) => None,

@@ -29,7 +29,7 @@ use super::schema::{self, SLUICE_ID};
 use super::table::{self, Layout, Target};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
 use crate::record::Batch;
-use crate::record::batch::meta;
+use crate::record::meta;
 use crate::record::rows::to_json_rows;
 
 /// BigQuery recommends at most 500 rows per insertAll request (quota: 50,000 rows, 10 MB).
@@ -107,7 +107,10 @@ impl WriteToBigQuery {
 
     /// Creates the table if needed and applies the write disposition; `arrow` is `None` when
     /// the input was empty (then a missing table is not created: there is no schema).
-    async fn prepare(&mut self, arrow: Option<&arrow::datatypes::Schema>) -> Result<(), EngineError> {
+    async fn prepare(
+        &mut self,
+        arrow: Option<&arrow::datatypes::Schema>,
+    ) -> Result<(), EngineError> {
         if self.prepared {
             return Ok(());
         }
@@ -121,7 +124,9 @@ impl WriteToBigQuery {
                 (CreateDisposition::CreateNever, _) => {
                     return Err(EngineError::config(
                         &self.name,
-                        format!("table {target} does not exist and `create_disposition` is CREATE_NEVER"),
+                        format!(
+                            "table {target} does not exist and `create_disposition` is CREATE_NEVER"
+                        ),
                     ));
                 }
                 (CreateDisposition::CreateIfNeeded, Some(schema)) => {
@@ -155,7 +160,9 @@ impl WriteToBigQuery {
                     if n > 0 {
                         return Err(EngineError::config(
                             &self.name,
-                            format!("table {target} is not empty and `write_disposition` is WRITE_EMPTY"),
+                            format!(
+                                "table {target} is not empty and `write_disposition` is WRITE_EMPTY"
+                            ),
                         ));
                     }
                 }
@@ -187,9 +194,8 @@ pub fn insert_ids(
                 return ids.value(i).to_string();
             }
             let text = Value::Object(row.clone()).to_string();
-            let content = xxhash_rust::xxh3::xxh3_128(
-                format!("{pipeline}\0{transform}\0{text}").as_bytes(),
-            );
+            let content =
+                xxhash_rust::xxh3::xxh3_128(format!("{pipeline}\0{transform}\0{text}").as_bytes());
             let n = seen.entry(content).or_insert(0);
             *n += 1;
             let id = xxhash_rust::xxh3::xxh3_128(format!("{content:032x}\0{n}").as_bytes());
@@ -225,16 +231,20 @@ async fn insert_chunk(
             r.add_rows(rows).map_err(BqError::Other)?;
             r
         };
-        let resp = with_retries("insertAll", MAX_ELAPSED.saturating_sub(start.elapsed()), || {
-            let req = request.clone();
-            async move {
-                client
-                    .tabledata()
-                    .insert_all(&target.project, &target.dataset, &target.table, req)
-                    .await
-                    .map_err(BqError::from)
-            }
-        })
+        let resp = with_retries(
+            "insertAll",
+            MAX_ELAPSED.saturating_sub(start.elapsed()),
+            || {
+                let req = request.clone();
+                async move {
+                    client
+                        .tabledata()
+                        .insert_all(&target.project, &target.dataset, &target.table, req)
+                        .await
+                        .map_err(BqError::from)
+                }
+            },
+        )
         .await?;
         let mut retry: Vec<usize> = Vec::new();
         for e in resp.insert_errors.unwrap_or_default() {
@@ -306,7 +316,10 @@ impl Operator for WriteToBigQuery {
         let (c, target) = self.connect().await?;
         let json = to_json_rows(&rows);
         let ids = insert_ids(&self.pipeline, &self.name, &batch.rows, &json);
-        let texts: Vec<String> = json.iter().map(|r| Value::Object(r.clone()).to_string()).collect();
+        let texts: Vec<String> = json
+            .iter()
+            .map(|r| Value::Object(r.clone()).to_string())
+            .collect();
         let mut chunks: Vec<Chunk> = Vec::new();
         for (i, (id, row)) in ids.into_iter().zip(json).enumerate() {
             if i % ROWS_PER_REQUEST == 0 {

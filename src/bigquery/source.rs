@@ -39,7 +39,13 @@ pub struct ReadFromBigQuery {
 }
 
 impl ReadFromBigQuery {
-    pub fn new(name: &str, cfg: ReadConfig, batch_size: usize, errors: ErrorRoute, ports: usize) -> Self {
+    pub fn new(
+        name: &str,
+        cfg: ReadConfig,
+        batch_size: usize,
+        errors: ErrorRoute,
+        ports: usize,
+    ) -> Self {
         ReadFromBigQuery {
             name: name.to_string(),
             cfg,
@@ -58,7 +64,15 @@ impl ReadFromBigQuery {
                     Some(p) => p.clone(),
                     None => client::default_project()?,
                 };
-                Ok((table_sql(&project, t, &self.cfg.fields, self.cfg.row_restriction.as_deref()), project))
+                Ok((
+                    table_sql(
+                        &project,
+                        t,
+                        &self.cfg.fields,
+                        self.cfg.row_restriction.as_deref(),
+                    ),
+                    project,
+                ))
             }
         }
     }
@@ -97,7 +111,9 @@ struct Page {
     location: Option<String>,
 }
 
-fn job_error(errors: Option<Vec<gcp_bigquery_client::model::error_proto::ErrorProto>>) -> Option<BqError> {
+fn job_error(
+    errors: Option<Vec<gcp_bigquery_client::model::error_proto::ErrorProto>>,
+) -> Option<BqError> {
     let errors = errors.filter(|e| !e.is_empty())?;
     let msgs: Vec<String> = errors
         .iter()
@@ -112,7 +128,11 @@ async fn first_page(client: &Client, project: &str, sql: &str, page: i32) -> Res
         req.use_legacy_sql = false;
         req.max_results = Some(page);
         req.timeout_ms = Some(POLL_TIMEOUT_MS);
-        client.job().query(project, req).await.map_err(BqError::from)
+        client
+            .job()
+            .query(project, req)
+            .await
+            .map_err(BqError::from)
     })
     .await?;
     if let Some(e) = job_error(resp.errors) {
@@ -174,10 +194,14 @@ impl Source for ReadFromBigQuery {
             .map_err(|e| EngineError::external(&self.name, "cannot connect to BigQuery", e))?;
         let page_size = i32::try_from(self.batch_size).unwrap_or(i32::MAX).max(1);
         let fail = |e: BqError| match e {
-            BqError::Job(m) => EngineError::config(&self.name, format!("query failed: {m} (query: {sql})")),
+            BqError::Job(m) => {
+                EngineError::config(&self.name, format!("query failed: {m} (query: {sql})"))
+            }
             e => EngineError::external(&self.name, format!("query failed (query: {sql})"), e),
         };
-        let mut page = first_page(&c, &project, &sql, page_size).await.map_err(fail)?;
+        let mut page = first_page(&c, &project, &sql, page_size)
+            .await
+            .map_err(fail)?;
         let mut decoder: Option<(Vec<TableFieldSchema>, JsonDecoder)> = None;
         let mut out = Output::new(self.ports);
         loop {
@@ -205,7 +229,12 @@ impl Source for ReadFromBigQuery {
                     let (rows, bad) = d.decode_lines(&lines);
                     let failures = bad
                         .into_iter()
-                        .map(|b| (b.payload, format!("cannot convert BigQuery row: {}", b.error)))
+                        .map(|b| {
+                            (
+                                b.payload,
+                                format!("cannot convert BigQuery row: {}", b.error),
+                            )
+                        })
                         .collect();
                     self.errors.report(
                         &mut out,
@@ -218,15 +247,24 @@ impl Source for ReadFromBigQuery {
                     crate::io::files::forward(&mut out, sink).await?;
                 }
             }
-            let Some(job_id) = page.job_id.clone() else { break };
+            let Some(job_id) = page.job_id.clone() else {
+                break;
+            };
             let token = match (page.complete, page.page_token.clone()) {
                 (true, None) => break,
                 (true, Some(t)) => Some(t),
                 (false, _) => None,
             };
-            page = next_page(&c, &project, &job_id, page.location.as_deref(), token.as_deref(), page_size)
-                .await
-                .map_err(fail)?;
+            page = next_page(
+                &c,
+                &project,
+                &job_id,
+                page.location.as_deref(),
+                token.as_deref(),
+                page_size,
+            )
+            .await
+            .map_err(fail)?;
         }
         sink.watermark(END_OF_TIME).await
     }
@@ -237,7 +275,12 @@ pub fn row_to_json(fields: &[TableFieldSchema], row: &TableRow) -> Map<String, V
     let cells = row.columns.as_deref().unwrap_or_default();
     fields
         .iter()
-        .zip(cells.iter().map(|c| c.value.clone().unwrap_or(Value::Null)).chain(std::iter::repeat(Value::Null)))
+        .zip(
+            cells
+                .iter()
+                .map(|c| c.value.clone().unwrap_or(Value::Null))
+                .chain(std::iter::repeat(Value::Null)),
+        )
         .map(|(f, v)| (f.name.clone(), field_value(f, v)))
         .collect()
 }
@@ -335,8 +378,14 @@ mod tests {
 
     #[test]
     fn timestamps_in_both_forms() {
-        assert_eq!(timestamp_micros("1767323045000000"), Some(1_767_323_045_000_000));
-        assert_eq!(timestamp_micros("1.767323045E9"), Some(1_767_323_045_000_000));
+        assert_eq!(
+            timestamp_micros("1767323045000000"),
+            Some(1_767_323_045_000_000)
+        );
+        assert_eq!(
+            timestamp_micros("1.767323045E9"),
+            Some(1_767_323_045_000_000)
+        );
         assert_eq!(timestamp_micros("x"), None);
     }
 

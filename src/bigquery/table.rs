@@ -57,10 +57,12 @@ pub fn definition(target: &Target, arrow: &Schema, layout: &Layout) -> Result<Ta
     let bq = schema::to_bigquery(arrow)?;
     let fields = bq.fields.clone().unwrap_or_default();
     let type_of = |name: &str| {
-        fields
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| (schema::type_name(&f.r#type), f.mode.clone().unwrap_or_default()))
+        fields.iter().find(|f| f.name == name).map(|f| {
+            (
+                schema::type_name(&f.r#type),
+                f.mode.clone().unwrap_or_default(),
+            )
+        })
     };
     let mut table = Table::new(&target.project, &target.dataset, &target.table, bq.clone());
     let partition = match &layout.partition_by {
@@ -141,7 +143,11 @@ pub async fn get_table(client: &Client, target: &Target) -> Result<Option<Table>
 ///
 /// # Errors
 /// BigQuery errors other than "already exists", after retries.
-pub async fn ensure_table(client: &Client, target: &Target, table: Table) -> Result<Ensured, BqError> {
+pub async fn ensure_table(
+    client: &Client,
+    target: &Target,
+    table: Table,
+) -> Result<Ensured, BqError> {
     if get_table(client, target).await?.is_some() {
         return Ok(Ensured::Existed);
     }
@@ -166,7 +172,11 @@ pub async fn run_statement(client: &Client, project: &str, sql: &str) -> Result<
     let resp = with_retries("jobs.query", MAX_ELAPSED, || async {
         let mut req = QueryRequest::new(sql);
         req.use_legacy_sql = false;
-        client.job().query(project, req).await.map_err(BqError::from)
+        client
+            .job()
+            .query(project, req)
+            .await
+            .map_err(BqError::from)
     })
     .await?;
     if let Some(errors) = resp.errors.filter(|e| !e.is_empty()) {

@@ -6,4 +6,4 @@ pub mod json;
 pub mod rows;
 pub mod schema;
 
-pub use batch::{AckToken, Batch, meta};
+pub use batch::{AckToken, Batch, meta, user_columns, with_column};
