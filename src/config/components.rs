@@ -570,15 +570,19 @@ pub fn parse_config(
             let cfg = crate::sinks::redis::config::parse(&mut r, rep);
             r.finish(rep);
             cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToRedis)
+        }
         "WriteToBigQuery" => {
             let mut r = reader!(crate::bigquery::config::WRITE_KEYS);
             // `error_handling` inside `config` is read with the transform (spec.rs).
             r.node("error_handling");
             let cfg = crate::bigquery::config::parse_write(&mut r, ty.pos, rep);
+            r.finish(rep);
             cfg.map_or(TransformConfig::Invalid, TransformConfig::WriteToBigQuery)
+        }
         "ReadFromBigQuery" => {
             let mut r = reader!(crate::bigquery::config::READ_KEYS);
             let cfg = crate::bigquery::config::parse_read(&mut r, ty.pos, rep);
+            r.finish(rep);
             cfg.map_or(TransformConfig::Invalid, TransformConfig::ReadFromBigQuery)
         }
         _ if NOT_YET.contains(&t) => {
