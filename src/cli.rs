@@ -12,8 +12,8 @@ use crate::config::{self, Diagnostics, PipelineSpec};
 use std::sync::Arc;
 
 use crate::pipeline::runner::{self, RunControl, RunReport};
-use crate::telemetry::metrics::PipelineMetrics;
 use crate::pipeline::{self, Graph, build::Overrides};
+use crate::telemetry::metrics::PipelineMetrics;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -202,13 +202,20 @@ pub async fn run(
     let built = pipeline::build::build(spec, graph, &Overrides::default())?;
     let metrics = Arc::new(PipelineMetrics {
         pipeline: spec.name.clone(),
-        stages: graph.nodes.iter().map(|n| n.name.clone()).zip(built.stats.iter().cloned()).collect(),
+        stages: graph
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .zip(built.stats.iter().cloned())
+            .collect(),
     });
     let status = crate::http::Status::new(metrics, graph);
     if let Some(addr) = http {
         let bound = crate::http::serve(addr, status.clone())
             .await
-            .map_err(|e| pipeline::EngineError::config("--http", format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|e| {
+                pipeline::EngineError::config("--http", format!("cannot listen on {addr}: {e}"))
+            })?;
         tracing::info!(address = %bound, "Serving /healthz, /readyz, /metrics and the status page");
     }
     let (tx, stop) = watch::channel(false);

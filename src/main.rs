@@ -7,7 +7,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     sluice::telemetry::logging::init();
     let cli = sluice::cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");

@@ -10,12 +10,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let code = buf[9..12].parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -41,27 +46,60 @@ async fn health_readiness_metrics_and_status() {
     let status = Status::new(metrics, &graph);
     let addr = serve("127.0.0.1:0", status.clone()).await.unwrap();
 
-    assert_eq!(request(addr, "GET", "/healthz").await, (200, "ok".to_string()));
-    assert_eq!(request(addr, "GET", "/readyz").await, (503, "not running".to_string()));
+    assert_eq!(
+        request(addr, "GET", "/healthz").await,
+        (200, "ok".to_string())
+    );
+    assert_eq!(
+        request(addr, "GET", "/readyz").await,
+        (503, "not running".to_string())
+    );
     status.running.store(true, Ordering::Relaxed);
-    assert_eq!(request(addr, "GET", "/readyz").await, (200, "ready".to_string()));
-    status.valves.write().unwrap().insert("VolumeCheck".into(), false);
-    assert_eq!(request(addr, "GET", "/readyz").await, (503, "valves closed: VolumeCheck".to_string()));
-    assert_eq!(request(addr, "POST", "/valves/VolumeCheck/open").await.0, 200);
+    assert_eq!(
+        request(addr, "GET", "/readyz").await,
+        (200, "ready".to_string())
+    );
+    status
+        .valves
+        .write()
+        .unwrap()
+        .insert("VolumeCheck".into(), false);
+    assert_eq!(
+        request(addr, "GET", "/readyz").await,
+        (503, "valves closed: VolumeCheck".to_string())
+    );
+    assert_eq!(
+        request(addr, "POST", "/valves/VolumeCheck/open").await.0,
+        200
+    );
     assert_eq!(request(addr, "POST", "/valves/Nope/open").await.0, 404);
     assert_eq!(request(addr, "GET", "/readyz").await.0, 200);
 
     let (code, text) = request(addr, "GET", "/metrics").await;
     assert_eq!(code, 200);
-    assert!(text.contains("sluice_records_out_total{pipeline=\"ops\",transform=\"Create\"} 42\n"), "{text}");
-    assert!(text.contains("sluice_errors_total{pipeline=\"ops\",transform=\"LogForTesting\"} 3\n"), "{text}");
-    assert!(text.contains("sluice_watermark_seconds{pipeline=\"ops\",transform=\"Create\"} 1767225600.0\n"), "{text}");
+    assert!(
+        text.contains("sluice_records_out_total{pipeline=\"ops\",transform=\"Create\"} 42\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_errors_total{pipeline=\"ops\",transform=\"LogForTesting\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "sluice_watermark_seconds{pipeline=\"ops\",transform=\"Create\"} 1767225600.0\n"
+        ),
+        "{text}"
+    );
 
     let (code, body) = request(addr, "GET", "/api/status").await;
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["pipeline"], "ops");
-    assert_eq!(v["graph"][1], serde_json::json!({"name": "LogForTesting", "type": "LogForTesting", "inputs": ["Create"]}));
+    assert_eq!(
+        v["graph"][1],
+        serde_json::json!({"name": "LogForTesting", "type": "LogForTesting", "inputs": ["Create"]})
+    );
     assert_eq!(v["stages"][1]["errors"], 3);
     assert_eq!(v["valves"]["VolumeCheck"], true);
     let (code, page) = request(addr, "GET", "/").await;

@@ -22,7 +22,7 @@ async fn rows_into(yaml: &str, sink: &str) -> Vec<Value> {
         ..Overrides::default()
     };
     let (_tx, stop) = tokio::sync::watch::channel(false);
-    let (_, captures) = execute(&spec, &graph, &overrides, RunControl { stop })
+    let (_, captures) = execute(&spec, &graph, &overrides, RunControl::new(stop))
         .await
         .expect("the pipeline runs");
     captures

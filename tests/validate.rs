@@ -164,7 +164,15 @@ fn unnamed_transforms_of_one_type_in_a_chain_each_read_the_previous_one() {
     let inputs: Vec<(String, Vec<String>)> = graph
         .nodes
         .iter()
-        .map(|n| (n.name.clone(), n.inputs.iter().map(|e| graph.nodes[e.from].name.clone()).collect()))
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.inputs
+                    .iter()
+                    .map(|e| graph.nodes[e.from].name.clone())
+                    .collect(),
+            )
+        })
         .collect();
     assert_eq!(
         inputs,

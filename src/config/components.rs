@@ -215,7 +215,6 @@ pub struct WatermarkSpec {
     pub idle_timeout: Option<std::time::Duration>,
 }
 
-
 pub fn parse_config(
     ty: &Located<String>,
     node: Option<&Node>,

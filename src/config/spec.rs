@@ -414,12 +414,15 @@ fn parse_transform(node: &Node, rep: &mut Reporter) -> Option<TransformSpec> {
         Some(marked_yaml::Node::Mapping(m)) => m.get_node("error_handling"),
         _ => None,
     };
-    let error_output = r.node("error_handling").or(config_error_handling).and_then(|e| {
-        let mut er = MapReader::new(Some(e), pos_of(e), "`error_handling`", &["output"], rep);
-        let out = er.required_string("output", rep);
-        er.finish(rep);
-        out
-    });
+    let error_output = r
+        .node("error_handling")
+        .or(config_error_handling)
+        .and_then(|e| {
+            let mut er = MapReader::new(Some(e), pos_of(e), "`error_handling`", &["output"], rep);
+            let out = er.required_string("output", rep);
+            er.finish(rep);
+            out
+        });
     let error_output = error_output.or_else(|| config.config_error_output().cloned());
     r.finish(rep);
     Some(TransformSpec {

@@ -43,7 +43,11 @@ impl Status {
                     .map(|e| {
                         let from = &graph.nodes[e.from];
                         let port = &from.ports[e.port];
-                        if port.is_empty() { from.name.clone() } else { format!("{}.{port}", from.name) }
+                        if port.is_empty() {
+                            from.name.clone()
+                        } else {
+                            format!("{}.{port}", from.name)
+                        }
                     })
                     .collect();
                 (n.name.clone(), n.type_name.clone(), inputs)
@@ -63,8 +67,23 @@ impl Status {
             return Err("not running".into());
         }
         let valves = self.valves.read().expect("not poisoned");
-        let closed: Vec<&String> = valves.iter().filter(|(_, open)| !**open).map(|(n, _)| n).collect();
-        if closed.is_empty() { Ok(()) } else { Err(format!("valves closed: {}", closed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))) }
+        let closed: Vec<&String> = valves
+            .iter()
+            .filter(|(_, open)| !**open)
+            .map(|(n, _)| n)
+            .collect();
+        if closed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "valves closed: {}",
+                closed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
     }
 
     /// The JSON the status page renders.
@@ -103,7 +122,10 @@ pub fn router(status: Arc<Status>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/status", get(|State(s): State<Arc<Status>>| async move { Json(s.snapshot()) }))
+        .route(
+            "/api/status",
+            get(|State(s): State<Arc<Status>>| async move { Json(s.snapshot()) }),
+        )
         .route("/valves/{name}/open", post(open_valve))
         .with_state(status)
 }
@@ -117,7 +139,10 @@ async fn readyz(State(s): State<Arc<Status>>) -> Response {
 
 async fn metrics(State(s): State<Arc<Status>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()

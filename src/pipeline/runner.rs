@@ -247,7 +247,9 @@ impl SourceSink for SourceOut {
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError> {
         if wm > self.watermark {
             self.watermark = wm;
-            self.stats.watermark.store(wm, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .watermark
+                .store(wm, std::sync::atomic::Ordering::Relaxed);
             self.fanout.broadcast(|| Msg::Watermark(wm)).await;
         }
         Ok(())
@@ -385,10 +387,17 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) -> tokio::time::Instan
 }
 
 /// Forwards the operator's output watermark `next` downstream when it advanced.
-async fn forward_watermark(next: EventTime, forwarded: &mut EventTime, fanout: &Fanout, stats: &StageStats) {
+async fn forward_watermark(
+    next: EventTime,
+    forwarded: &mut EventTime,
+    fanout: &Fanout,
+    stats: &StageStats,
+) {
     if next > *forwarded {
         *forwarded = next;
-        stats.watermark.store(next, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .watermark
+            .store(next, std::sync::atomic::Ordering::Relaxed);
         fanout.broadcast(|| Msg::Watermark(next)).await;
     }
 }

@@ -31,10 +31,14 @@ struct Fields(Map<String, Value>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_string(), Value::String(format!("{value:?}")));
+        self.0.insert(
+            field.name().to_string(),
+            Value::String(format!("{value:?}")),
+        );
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), Value::String(value.to_string()));
+        self.0
+            .insert(field.name().to_string(), Value::String(value.to_string()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.0.insert(field.name().to_string(), Value::from(value));
@@ -52,15 +56,29 @@ impl Visit for Fields {
 
 impl CloudLoggingJson {
     /// The entry for one event (exposed for tests).
-    pub fn entry(&self, level: &Level, target: &str, mut fields: Map<String, Value>, spans: Vec<String>) -> Value {
-        let message = fields.remove("message").unwrap_or(Value::String(String::new()));
+    pub fn entry(
+        &self,
+        level: &Level,
+        target: &str,
+        mut fields: Map<String, Value>,
+        spans: Vec<String>,
+    ) -> Value {
+        let message = fields
+            .remove("message")
+            .unwrap_or(Value::String(String::new()));
         let mut entry = Map::new();
         entry.insert("severity".into(), Value::from(severity(level)));
         entry.insert("message".into(), message);
-        entry.insert("time".into(), Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)));
+        entry.insert(
+            "time".into(),
+            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
         entry.insert("target".into(), Value::from(target));
         if !self.labels.is_empty() {
-            entry.insert("logging.googleapis.com/labels".into(), Value::Object(self.labels.clone()));
+            entry.insert(
+                "logging.googleapis.com/labels".into(),
+                Value::Object(self.labels.clone()),
+            );
         }
         if !spans.is_empty() {
             entry.insert("spans".into(), Value::from(spans));
@@ -77,22 +95,35 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut fields = Fields(Map::new());
         event.record(&mut fields);
         let spans = ctx
             .event_scope()
             .map(|scope| scope.from_root().map(|s| s.name().to_string()).collect())
             .unwrap_or_default();
-        let entry = self.entry(event.metadata().level(), event.metadata().target(), fields.0, spans);
+        let entry = self.entry(
+            event.metadata().level(),
+            event.metadata().target(),
+            fields.0,
+            spans,
+        );
         writeln!(writer, "{entry}")
     }
 }
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `warn,sluice=info`).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sluice=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sluice=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
         let mut labels = Map::new();
         if let Ok(pod) = std::env::var("HOSTNAME") {

@@ -33,7 +33,10 @@ type Labels = [(&'static str, String); 2];
 
 impl PipelineMetrics {
     fn labels(&self, transform: &str) -> Labels {
-        [("pipeline", self.pipeline.clone()), ("transform", transform.to_string())]
+        [
+            ("pipeline", self.pipeline.clone()),
+            ("transform", transform.to_string()),
+        ]
     }
 
     /// The Prometheus text exposition of every metric.
@@ -59,14 +62,22 @@ pub fn watermark_seconds(wm: i64, now_ms: i64) -> Option<(f64, f64)> {
 impl Collector for PipelineMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counters: [(&str, &str, fn(&StageStats) -> u64); 4] = [
-            (RECORDS_IN, "Records a transform received.", |s| s.rows_in.load(Relaxed)),
-            (RECORDS_OUT, "Records a transform emitted on its outputs (error outputs excluded).", |s| {
-                s.rows_out.load(Relaxed)
+            (RECORDS_IN, "Records a transform received.", |s| {
+                s.rows_in.load(Relaxed)
             }),
-            (ERRORS, "Records that failed in a transform (sent to its error output, or counted).", |s| {
-                s.errors.load(Relaxed)
+            (
+                RECORDS_OUT,
+                "Records a transform emitted on its outputs (error outputs excluded).",
+                |s| s.rows_out.load(Relaxed),
+            ),
+            (
+                ERRORS,
+                "Records that failed in a transform (sent to its error output, or counted).",
+                |s| s.errors.load(Relaxed),
+            ),
+            (BATCHES, "Batches a transform processed.", |s| {
+                s.batches_in.load(Relaxed)
             }),
-            (BATCHES, "Batches a transform processed.", |s| s.batches_in.load(Relaxed)),
         ];
         for (name, help, read) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -75,7 +86,12 @@ impl Collector for PipelineMetrics {
                 ConstCounter::new(read(stats)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut family = encoder.encode_descriptor(BATCH_DURATION, "Time to process one batch.", None, MetricType::Histogram)?;
+        let mut family = encoder.encode_descriptor(
+            BATCH_DURATION,
+            "Time to process one batch.",
+            None,
+            MetricType::Histogram,
+        )?;
         for (transform, stats) in &self.stages {
             let labels = self.labels(transform);
             stats.batch_seconds.encode(family.encode_family(&labels)?)?;
@@ -86,11 +102,21 @@ impl Collector for PipelineMetrics {
             .iter()
             .filter_map(|(t, s)| watermark_seconds(s.watermark.load(Relaxed), now).map(|w| (t, w)))
             .collect();
-        let mut family = encoder.encode_descriptor(WATERMARK, "Event time up to which the transform's output is complete.", None, MetricType::Gauge)?;
+        let mut family = encoder.encode_descriptor(
+            WATERMARK,
+            "Event time up to which the transform's output is complete.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (transform, (wm, _)) in &marks {
             ConstGauge::new(*wm).encode(family.encode_family(&self.labels(transform))?)?;
         }
-        let mut family = encoder.encode_descriptor(WATERMARK_LAG, "Wall-clock time minus the watermark.", None, MetricType::Gauge)?;
+        let mut family = encoder.encode_descriptor(
+            WATERMARK_LAG,
+            "Wall-clock time minus the watermark.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (transform, (_, lag)) in &marks {
             ConstGauge::new(*lag).encode(family.encode_family(&self.labels(transform))?)?;
         }
@@ -113,9 +139,23 @@ mod tests {
             stages: vec![("Read".into(), stats)],
         });
         let text = m.render();
-        assert!(text.contains("sluice_records_in_total{pipeline=\"p\",transform=\"Read\"} 7\n"), "{text}");
-        assert!(text.contains("sluice_errors_total{pipeline=\"p\",transform=\"Read\"} 2\n"), "{text}");
-        assert!(text.contains("sluice_batch_duration_seconds_count{pipeline=\"p\",transform=\"Read\"} 1\n"), "{text}");
-        assert!(!text.contains("sluice_watermark_seconds{"), "no watermark yet: {text}");
+        assert!(
+            text.contains("sluice_records_in_total{pipeline=\"p\",transform=\"Read\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_errors_total{pipeline=\"p\",transform=\"Read\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sluice_batch_duration_seconds_count{pipeline=\"p\",transform=\"Read\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("sluice_watermark_seconds{"),
+            "no watermark yet: {text}"
+        );
     }
 }
