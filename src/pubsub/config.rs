@@ -235,10 +235,10 @@ pub fn parse_read(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Opt
             Some("or use `format: RAW` to read the payload as bytes".into()),
         );
     }
-    if let Some(s) = &schema {
-        if let Err(e) = crate::record::schema::from_json_schema(s) {
-            rep.error(r.pos(), format!("invalid `schema`: {e}"), None);
-        }
+    if let Some(s) = &schema
+        && let Err(e) = crate::record::schema::from_json_schema(s)
+    {
+        rep.error(r.pos(), format!("invalid `schema`: {e}"), None);
     }
     let attributes = strings(&mut r, "attributes", rep);
     let attributes_map = r.string("attributes_map", rep).map(|s| s.value);
@@ -443,14 +443,14 @@ fn subscription_settings(node: &Node, rep: &mut Reporter) -> SubscriptionSetting
     );
     let topic = r.string("topic", rep);
     let ack_deadline = r.duration("ack_deadline", rep);
-    if let Some(d) = ack_deadline {
-        if !(10..=600).contains(&d.as_secs()) {
-            rep.error(
-                r.pos(),
-                "`ack_deadline` must be between 10s and 600s (Pub/Sub's limits)",
-                None,
-            );
-        }
+    if let Some(d) = ack_deadline
+        && !(10..=600).contains(&d.as_secs())
+    {
+        rep.error(
+            r.pos(),
+            "`ack_deadline` must be between 10s and 600s (Pub/Sub's limits)",
+            None,
+        );
     }
     let retention = r.duration("retention", rep);
     let retain_acked_messages = r.bool("retain_acked_messages", false, rep);

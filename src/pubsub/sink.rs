@@ -248,10 +248,13 @@ fn map_entries(rows: &RecordBatch, name: &str) -> Result<Vec<Vec<(String, String
         .collect())
 }
 
+/// The messages of a batch, and the rows that could not become one as `(row, reason)`.
+type Messages = (Vec<Message>, Vec<(usize, String)>);
+
 impl WriteToPubSub {
     /// Builds the messages of `batch`; rows that cannot become a message are returned as
     /// `(row, reason)`.
-    fn messages(&self, batch: &Batch) -> Result<(Vec<Message>, Vec<(usize, String)>), String> {
+    fn messages(&self, batch: &Batch) -> Result<Messages, String> {
         let user = batch.user_rows();
         let mut exclude: Vec<&str> = self.cfg.attributes.iter().map(String::as_str).collect();
         exclude.extend(self.cfg.attributes_map.as_deref());
@@ -306,10 +309,10 @@ impl WriteToPubSub {
             if let Some(a) = &self.cfg.id_attribute {
                 attributes.insert(a.clone(), ids[i].clone());
             }
-            if let (Some(a), Some(t)) = (&self.cfg.timestamp_attribute, times) {
-                if !t.is_null(i) {
-                    attributes.insert(a.clone(), t.value(i).to_string());
-                }
+            if let (Some(a), Some(t)) = (&self.cfg.timestamp_attribute, times)
+                && !t.is_null(i)
+            {
+                attributes.insert(a.clone(), t.value(i).to_string());
             }
             let mut m = Message::new().set_data(payload).set_attributes(attributes);
             if let Some(Some(k)) = keys.as_ref().map(|k| &k[i]) {

@@ -144,7 +144,7 @@ impl ReadFromPubSub {
                 rows,
                 acks: vec![token.clone()],
             };
-            max_ts = batch.event_times().and_then(|t| arrow::compute::max(t));
+            max_ts = batch.event_times().and_then(arrow::compute::max);
             out.main(batch);
         }
         drop(origin);
@@ -276,21 +276,21 @@ impl Source for ReadFromPubSub {
                         continue;
                     }
                     let idle = last_message.elapsed();
-                    if let Some(limit) = until_idle {
-                        if idle >= limit {
-                            tracing::info!(transform = %self.name, idle = ?idle, "No message for the --until-idle period: ending");
-                            break Ok(());
-                        }
+                    if let Some(limit) = until_idle
+                        && idle >= limit
+                    {
+                        tracing::info!(transform = %self.name, idle = ?idle, "No message for the --until-idle period: ending");
+                        break Ok(());
                     }
-                    if let Some(t) = self.cfg.watermark.idle_timeout {
-                        if idle >= t {
-                            // Idle: the watermark follows the clock so windows still close.
-                            let now = chrono::Utc::now().timestamp_millis();
-                            if let Some(wm) = watermark.idle(now) {
-                                if let Err(e) = sink.watermark(wm).await {
-                                    break Err(e);
-                                }
-                            }
+                    if let Some(t) = self.cfg.watermark.idle_timeout
+                        && idle >= t
+                    {
+                        // Idle: the watermark follows the clock so windows still close.
+                        let now = chrono::Utc::now().timestamp_millis();
+                        if let Some(wm) = watermark.idle(now)
+                            && let Err(e) = sink.watermark(wm).await
+                        {
+                            break Err(e);
                         }
                     }
                 }

@@ -59,9 +59,12 @@ pub fn watermark_seconds(wm: i64, now_ms: i64) -> Option<(f64, f64)> {
     Some((wm as f64 / 1000.0, (now_ms - wm).max(0) as f64 / 1000.0))
 }
 
+/// A counter family: name, help, and how to read it from a stage's counters.
+type CounterSpec = (&'static str, &'static str, fn(&StageStats) -> u64);
+
 impl Collector for PipelineMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [(&str, &str, fn(&StageStats) -> u64); 4] = [
+        let counters: [CounterSpec; 4] = [
             (RECORDS_IN, "Records a transform received.", |s| {
                 s.rows_in.load(Relaxed)
             }),

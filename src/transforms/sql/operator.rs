@@ -128,10 +128,10 @@ impl Sql {
     }
 
     async fn steps_for(&mut self, schema: &SchemaRef) -> Result<Option<usize>, EngineError> {
-        if let Mode::Stateless(cached) = &self.mode {
-            if let Some(i) = cached.iter().position(|s| s.input() == schema) {
-                return Ok(Some(i));
-            }
+        if let Mode::Stateless(cached) = &self.mode
+            && let Some(i) = cached.iter().position(|s| s.input() == schema)
+        {
+            return Ok(Some(i));
         }
         let names = vec![self.tables[0].clone()];
         match Steps::compile(&self.query, &names, schema.clone()).await {
