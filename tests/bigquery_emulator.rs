@@ -138,7 +138,7 @@ fn unwrap_cell(field: &Value, v: &Value) -> Value {
 }
 
 async fn run_err(spec: &sluice::config::PipelineSpec) -> String {
-    match run(spec).await {
+    match run_spec(spec).await {
         Ok(_) => panic!("the run should fail"),
         Err(e) => e.to_string(),
     }
@@ -165,7 +165,7 @@ pipeline:
         table: test-project.w_exact.items
 ",
     );
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let rows = query(
         "SELECT name, qty, price, ok, tags, dims FROM `test-project.w_exact.items` ORDER BY name",
     )
@@ -241,7 +241,7 @@ pipeline:
 ",
         out.display()
     ));
-    let report = run(&spec).await.unwrap();
+    let report = run_spec(&spec).await.unwrap();
     assert_eq!(stat(&report, "Write").2, 1);
     let rows = query("SELECT k, n FROM `test-project.w_errors.counts` ORDER BY k").await;
     assert_eq!(
@@ -316,7 +316,7 @@ pipeline:
 ",
         input.display()
     ));
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let table = get("/datasets/w_layout/tables/sales").await;
     assert_eq!(table["timePartitioning"]["type"], "DAY", "{table}");
     assert_eq!(table["timePartitioning"]["field"], "at");
@@ -352,14 +352,14 @@ pipeline:
 "
         ))
     };
-    run(&pipeline("WRITE_TRUNCATE")).await.unwrap();
+    run_spec(&pipeline("WRITE_TRUNCATE")).await.unwrap();
     assert_eq!(
         query("SELECT v FROM `test-project.w_disp.t`").await,
         vec![json!({"v": "9"})]
     );
     let err = run_err(&pipeline("WRITE_EMPTY")).await;
     assert!(err.contains("not empty"), "{err}");
-    run(&pipeline("WRITE_APPEND")).await.unwrap();
+    run_spec(&pipeline("WRITE_APPEND")).await.unwrap();
     assert_eq!(
         query("SELECT v FROM `test-project.w_disp.t`").await,
         vec![json!({"v": "9"}), json!({"v": "9"})]
@@ -419,7 +419,7 @@ pipeline:
 ",
         out.display()
     ));
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let rows = read_json_outputs(&out);
     assert_rows_eq(
         &[
@@ -454,7 +454,7 @@ pipeline:
 ",
         out.display()
     ));
-    let report = run(&spec).await.unwrap();
+    let report = run_spec(&spec).await.unwrap();
     assert_eq!(stat(&report, "ReadFromBigQuery").1, 2);
     let rows = read_json_outputs(&out);
     assert_rows_eq(
@@ -508,7 +508,7 @@ pipeline:
     );
     let again = sluice::bigquery::setup(&spec).await.unwrap();
     assert_eq!(again[0], "dataset test-project.s_setup exists");
-    run(&spec).await.unwrap();
+    run_spec(&spec).await.unwrap();
     let after = sluice::bigquery::setup(&spec).await.unwrap();
     assert_eq!(after[1], "table test-project.s_setup.out exists");
 }
