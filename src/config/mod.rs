@@ -3,6 +3,7 @@
 pub mod components;
 pub mod diag;
 pub mod duration;
+pub mod exprs;
 pub mod spec;
 pub mod template;
 pub mod window;
