@@ -6,9 +6,8 @@ use async_trait::async_trait;
 
 use super::CompiledFor;
 use crate::config::ExprSpec;
-use crate::expr;
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
-use crate::record::{Batch, rows};
+use crate::record::Batch;
 
 pub struct Filter {
     keep: CompiledFor,
@@ -33,17 +32,7 @@ impl Operator for Filter {
         out: &mut Output,
     ) -> Result<(), EngineError> {
         let name = self.errors.transform().to_string();
-        let exprs = self
-            .keep
-            .get(&batch.schema())
-            .map_err(|e| EngineError::config(&name, e))?;
-        let evaluated = expr::evaluate_isolating(exprs, &batch.rows);
-        let failures = evaluated
-            .failed
-            .iter()
-            .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
-            .collect();
-        self.errors.report(out, &batch, failures);
+        let evaluated = self.keep.evaluate(&batch, &self.errors, out)?;
         let Some(mask) = evaluated.values[0].as_any().downcast_ref::<BooleanArray>() else {
             if evaluated.rows.num_rows() == 0 {
                 return Ok(());

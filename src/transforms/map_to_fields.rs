@@ -9,9 +9,8 @@ use async_trait::async_trait;
 
 use super::CompiledFor;
 use crate::config::ExprSpec;
-use crate::expr;
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
-use crate::record::{Batch, meta, rows};
+use crate::record::{Batch, meta};
 
 pub struct MapToFields {
     names: Vec<String>,
@@ -48,19 +47,7 @@ impl Operator for MapToFields {
         out: &mut Output,
     ) -> Result<(), EngineError> {
         let schema = batch.schema();
-        let exprs = self
-            .exprs
-            .get(&schema)
-            .map_err(|e| EngineError::config(self.errors.transform(), e))?;
-        let evaluated = expr::evaluate_isolating(exprs, &batch.rows);
-        if !evaluated.failed.is_empty() {
-            let failures = evaluated
-                .failed
-                .iter()
-                .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
-                .collect();
-            self.errors.report(out, &batch, failures);
-        }
+        let evaluated = self.exprs.evaluate(&batch, &self.errors, out)?;
         let input = &evaluated.rows;
         let mut fields: Vec<Arc<Field>> = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();

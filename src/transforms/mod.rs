@@ -18,7 +18,9 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 
 use crate::config::ExprSpec;
-use crate::expr::{self, Compiled};
+use crate::expr::{self, Compiled, Evaluated};
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output};
+use crate::record::{Batch, rows};
 
 /// Expressions compiled for the schema of the last batch seen; recompiled when it changes (a
 /// source with an inferred schema may change it between files).
@@ -56,4 +58,34 @@ impl CompiledFor {
         }
         Ok(&self.compiled)
     }
+
+    /// Compiles for `batch`'s schema and evaluates with per-row isolation; rows that fail go to
+    /// `errors` with their row as JSON. What every expression-driven transform does first.
+    ///
+    /// # Errors
+    /// An expression that does not compile against the batch's schema (a config error).
+    pub fn evaluate(
+        &mut self,
+        batch: &Batch,
+        errors: &ErrorRoute,
+        out: &mut Output,
+    ) -> Result<Evaluated, EngineError> {
+        let exprs = self
+            .get(&batch.schema())
+            .map_err(|e| EngineError::config(errors.transform(), e))?;
+        let evaluated = expr::evaluate_isolating(exprs, &batch.rows);
+        errors.report(out, batch, row_failures(&batch.rows, &evaluated.failed));
+        Ok(evaluated)
+    }
+}
+
+/// `(row as JSON, message)` for failed rows of `rows`, as `ErrorRoute::report` takes them.
+pub fn row_failures(
+    rows: &arrow::array::RecordBatch,
+    failed: &[(usize, String)],
+) -> Vec<(String, String)> {
+    failed
+        .iter()
+        .map(|(i, e)| (rows::row_json(rows, *i), e.clone()))
+        .collect()
 }

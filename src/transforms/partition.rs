@@ -10,7 +10,6 @@ use async_trait::async_trait;
 
 use super::CompiledFor;
 use crate::config::ExprSpec;
-use crate::expr;
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
 use crate::record::{Batch, rows};
 
@@ -48,17 +47,7 @@ impl Operator for Partition {
     ) -> Result<(), EngineError> {
         let name = self.errors.transform().to_string();
         let internal = |e: arrow::error::ArrowError| EngineError::internal(&name, e.to_string());
-        let exprs = self
-            .by
-            .get(&batch.schema())
-            .map_err(|e| EngineError::config(&name, e))?;
-        let evaluated = expr::evaluate_isolating(exprs, &batch.rows);
-        let failures = evaluated
-            .failed
-            .iter()
-            .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
-            .collect();
-        self.errors.report(out, &batch, failures);
+        let evaluated = self.by.evaluate(&batch, &self.errors, out)?;
         let input = &evaluated.rows;
         let keys = cast(&evaluated.values[0], &DataType::Utf8).map_err(internal)?;
         let keys = keys

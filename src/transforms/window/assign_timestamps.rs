@@ -125,11 +125,7 @@ impl Operator for AssignTimestamps {
             .get(&batch.schema())
             .map_err(|e| EngineError::config(&name, e))?;
         let evaluated = expr::evaluate_isolating(exprs, &batch.rows);
-        let mut failures: Vec<(String, String)> = evaluated
-            .failed
-            .iter()
-            .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
-            .collect();
+        let mut failures = crate::transforms::row_failures(&batch.rows, &evaluated.failed);
         let Some(values) = evaluated.values.first() else {
             return Ok(());
         };
