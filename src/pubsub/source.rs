@@ -254,6 +254,8 @@ impl Source for ReadFromPubSub {
                         {
                             break Err(e);
                         }
+                        // `emit` waits while a valve is closed: that is not idleness.
+                        last_message = Instant::now();
                     }
                 }
                 Ok(Some(Err(e))) => {
@@ -273,6 +275,7 @@ impl Source for ReadFromPubSub {
                         {
                             break Err(e);
                         }
+                        last_message = Instant::now();
                         continue;
                     }
                     let idle = last_message.elapsed();

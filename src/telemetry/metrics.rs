@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::pipeline::operator::StageStats;
+use crate::pipeline::valve::{ValveKind, Valves};
 
 pub const RECORDS_IN: &str = "sluice_records_in";
 pub const RECORDS_OUT: &str = "sluice_records_out";
@@ -21,12 +22,18 @@ pub const BATCHES: &str = "sluice_batches";
 pub const BATCH_DURATION: &str = "sluice_batch_duration_seconds";
 pub const WATERMARK: &str = "sluice_watermark_seconds";
 pub const WATERMARK_LAG: &str = "sluice_watermark_lag_seconds";
+pub const CHECK_FAILURES: &str = "sluice_check_failures";
+pub const VALVE_OPEN: &str = "sluice_valve_open";
+pub const GATE_OPEN: &str = "sluice_gate_open";
 
 /// What `/metrics` reads.
 #[derive(Debug, Clone)]
 pub struct PipelineMetrics {
     pub pipeline: String,
     pub stages: Vec<(String, Arc<StageStats>)>,
+    /// Names of the stages that are `Check`s (for `sluice_check_failures`).
+    pub checks: Vec<String>,
+    pub valves: Arc<Valves>,
 }
 
 type Labels = [(&'static str, String); 2];
@@ -123,6 +130,38 @@ impl Collector for PipelineMetrics {
         for (transform, (_, lag)) in &marks {
             ConstGauge::new(*lag).encode(family.encode_family(&self.labels(transform))?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            CHECK_FAILURES,
+            "Panes or batches a Check found failing.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (transform, stats) in self.stages.iter().filter(|(t, _)| self.checks.contains(t)) {
+            ConstCounter::new(stats.check_failures.load(Relaxed))
+                .encode(family.encode_family(&self.labels(transform))?)?;
+        }
+        let valves = self.valves.list();
+        for (name, help, kind, label) in [
+            (
+                VALVE_OPEN,
+                "1 while the valve of a halting Check is open, else 0.",
+                ValveKind::Check,
+                "check",
+            ),
+            (
+                GATE_OPEN,
+                "1 while the other pipeline's valve this one is gated on is open, else 0.",
+                ValveKind::Gate,
+                "gate",
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (valve, _, state) in valves.iter().filter(|(_, k, _)| *k == kind) {
+                let labels = [("pipeline", self.pipeline.clone()), (label, valve.clone())];
+                ConstGauge::new(i64::from(state.is_open()))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -137,9 +176,14 @@ mod tests {
         StageStats::add(&stats.rows_in, 7);
         StageStats::add(&stats.errors, 2);
         stats.batch_seconds.observe(0.001);
+        let valves = Arc::new(Valves::default());
+        valves.register("Volume", ValveKind::Check);
+        valves.close("Volume", "too few rows");
         let m = Arc::new(PipelineMetrics {
             pipeline: "p".into(),
             stages: vec![("Read".into(), stats)],
+            checks: vec![],
+            valves,
         });
         let text = m.render();
         assert!(
@@ -159,6 +203,10 @@ mod tests {
         assert!(
             !text.contains("sluice_watermark_seconds{"),
             "no watermark yet: {text}"
+        );
+        assert!(
+            text.contains("sluice_valve_open{pipeline=\"p\",check=\"Volume\"} 0\n"),
+            "{text}"
         );
     }
 }
