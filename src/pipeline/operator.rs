@@ -172,6 +172,11 @@ pub trait SourceSink: Send {
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError>;
     /// True once a stop was requested (SIGINT/SIGTERM): read no more and return.
     fn stopping(&self) -> bool;
+    /// True while a valve (or gate) this source feeds is closed: `emit` would wait. A paused
+    /// source is not idle (it is not pulling).
+    fn paused(&self) -> bool {
+        false
+    }
     /// `--until-idle`: a streaming source ends after no input arrived for this long.
     fn until_idle(&self) -> Option<std::time::Duration> {
         None

@@ -282,6 +282,10 @@ impl SourceSink for SourceOut {
         self.control.until_idle
     }
 
+    fn paused(&self) -> bool {
+        self.control.valves.blocks(&self.pausing)
+    }
+
     fn failed_flag(&self) -> Arc<AtomicBool> {
         self.control.failed.clone()
     }

@@ -278,6 +278,11 @@ impl Source for ReadFromPubSub {
                         last_message = Instant::now();
                         continue;
                     }
+                    if sink.paused() {
+                        // Not pulling while a valve is closed: neither idle nor advancing.
+                        last_message = Instant::now();
+                        continue;
+                    }
                     let idle = last_message.elapsed();
                     if let Some(limit) = until_idle
                         && idle >= limit
