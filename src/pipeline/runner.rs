@@ -212,15 +212,24 @@ pub async fn run(
         }
     }
     while let Some(res) = tasks.join_next().await {
-        let res = res.unwrap_or_else(|e| {
-            Err(EngineError::internal(
-                "runner",
-                format!("a stage panicked: {e}"),
-            ))
-        });
-        if let Err(e) = res {
+        if let Err(mut e) = flatten(res) {
             // Held input must be released as "not written": flag first, then drop the stages.
             control.failed.store(true, Ordering::SeqCst);
+            // A consumer whose input closed reports a consequence; the stage that failed (and
+            // closed it) finishes a moment later: report that one.
+            if is_upstream_closed(&e) {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while let Ok(Some(next)) =
+                    tokio::time::timeout_at(deadline, tasks.join_next()).await
+                {
+                    if let Err(cause) = flatten(next)
+                        && !is_upstream_closed(&cause)
+                    {
+                        e = cause;
+                        break;
+                    }
+                }
+            }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             control.run_deferred().await;
@@ -236,6 +245,25 @@ pub async fn run(
             .zip(stats)
             .collect(),
     })
+}
+
+/// A stage's result, with a panic as an internal error.
+fn flatten(
+    res: Result<Result<(), EngineError>, tokio::task::JoinError>,
+) -> Result<(), EngineError> {
+    res.unwrap_or_else(|e| {
+        Err(EngineError::internal(
+            "runner",
+            format!("a stage panicked: {e}"),
+        ))
+    })
+}
+
+const INPUT_CLOSED: &str = "an input closed without ending";
+
+/// Whether `e` only reports that an upstream stage stopped (because it failed).
+fn is_upstream_closed(e: &EngineError) -> bool {
+    matches!(e, EngineError::Internal { message, .. } if message == INPUT_CLOSED)
 }
 
 struct SourceOut {
@@ -392,10 +420,7 @@ async fn run_operator(
         }
     }
     if ended < inputs {
-        return Err(EngineError::internal(
-            &name,
-            "an input closed without ending",
-        ));
+        return Err(EngineError::internal(&name, INPUT_CLOSED));
     }
     op.on_end(&mut out).await?;
     fanout.flush(&mut out, &stats).await;
