@@ -1,5 +1,6 @@
 //! Sluice: a Dataflow-style stream processor. Beam YAML pipelines run on Arrow record batches.
 
+pub mod alerts;
 pub mod bigquery;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,16 @@
+//! Alerting: where alerts go (`alert:` targets), what an alert says, and the delivery task that
+//! posts them to Slack incoming webhooks and generic webhooks with dedup, rate limits and retries.
+
+
+pub mod alert;
+pub mod deliver;
+pub mod gate;
+pub mod payload;
+pub mod targets;
+
+pub use alert::{Alert, AlertKind, Finding};
+pub use deliver::{AlertStats, Alerter, RetryPolicy};
+pub use targets::{AlertTargets, TARGET_KEYS, parse_targets};
+
+#[cfg(test)]
+mod tests;
