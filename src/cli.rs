@@ -200,6 +200,8 @@ pub async fn run(
     http: Option<&str>,
 ) -> Result<RunReport, pipeline::EngineError> {
     let built = pipeline::build::build(spec, graph, &Overrides::default())?;
+    let alerter = crate::alerts::Alerter::start(std::env::var("SLUICE_STATUS_URL").ok());
+    let monitors = crate::alerts::dead_letter::spawn_monitors(spec, graph, &built.stats, &alerter);
     let metrics = Arc::new(PipelineMetrics {
         pipeline: spec.name.clone(),
         stages: graph
@@ -208,6 +210,7 @@ pub async fn run(
             .map(|n| n.name.clone())
             .zip(built.stats.iter().cloned())
             .collect(),
+        alerts: Some(alerter.clone()),
     });
     let status = crate::http::Status::new(metrics, graph);
     if let Some(addr) = http {
@@ -217,6 +220,7 @@ pub async fn run(
                 pipeline::EngineError::config("--http", format!("cannot listen on {addr}: {e}"))
             })?;
         tracing::info!(address = %bound, "Serving /healthz, /readyz, /metrics and the status page");
+        alerter.default_status_url(format!("http://{bound}/"));
     }
     let (tx, stop) = watch::channel(false);
     let on_signal = status.clone();
@@ -230,6 +234,7 @@ pub async fn run(
     let control = RunControl::new(stop).with_until_idle(until_idle);
     let result = runner::run(graph, built.stages, built.stats, control).await;
     status.running.store(false, Ordering::Relaxed);
+    monitors.finish().await;
     result
 }
 

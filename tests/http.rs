@@ -42,6 +42,7 @@ async fn health_readiness_metrics_and_status() {
     let metrics = Arc::new(PipelineMetrics {
         pipeline: "ops".into(),
         stages: vec![("Create".into(), read), ("LogForTesting".into(), log)],
+        alerts: None,
     });
     let status = Status::new(metrics, &graph);
     let addr = serve("127.0.0.1:0", status.clone()).await.unwrap();

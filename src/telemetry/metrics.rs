@@ -21,12 +21,19 @@ pub const BATCHES: &str = "sluice_batches";
 pub const BATCH_DURATION: &str = "sluice_batch_duration_seconds";
 pub const WATERMARK: &str = "sluice_watermark_seconds";
 pub const WATERMARK_LAG: &str = "sluice_watermark_lag_seconds";
+pub const DEAD_LETTER_RATE: &str = "sluice_dead_letter_rate";
+pub const ALERTS_SENT: &str = "sluice_alerts_sent";
+pub const ALERTS_FAILED: &str = "sluice_alerts_failed";
+pub const ALERTS_SUPPRESSED: &str = "sluice_alerts_suppressed";
+pub const ALERTS_DROPPED: &str = "sluice_alerts_dropped";
 
 /// What `/metrics` reads.
 #[derive(Debug, Clone)]
 pub struct PipelineMetrics {
     pub pipeline: String,
     pub stages: Vec<(String, Arc<StageStats>)>,
+    /// The alert counters, when the run alerts.
+    pub alerts: Option<crate::alerts::Alerter>,
 }
 
 type Labels = [(&'static str, String); 2];
@@ -47,6 +54,43 @@ impl PipelineMetrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+impl PipelineMetrics {
+    /// Alert counters, labelled by `pipeline` only (the alerter is shared by the pipeline).
+    fn encode_alerts(
+        &self,
+        a: crate::alerts::AlertStats,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let labels = [("pipeline", self.pipeline.clone())];
+        for (name, help, value) in [
+            (
+                ALERTS_SENT,
+                "Alert deliveries (one alert to one URL) that succeeded.",
+                a.sent,
+            ),
+            (
+                ALERTS_FAILED,
+                "Alert deliveries given up on after retries.",
+                a.failed,
+            ),
+            (
+                ALERTS_SUPPRESSED,
+                "Alert deliveries suppressed by dedup (repeat_after) or the per-URL rate limit.",
+                a.suppressed,
+            ),
+            (
+                ALERTS_DROPPED,
+                "Alert deliveries dropped because the queue was full.",
+                a.dropped,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -123,6 +167,20 @@ impl Collector for PipelineMetrics {
         for (transform, (_, lag)) in &marks {
             ConstGauge::new(*lag).encode(family.encode_family(&self.labels(transform))?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            DEAD_LETTER_RATE,
+            "Share of a transform's records sent to its error output over the alarm window.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (transform, stats) in &self.stages {
+            if let Some(rate) = stats.dead_letter_rate() {
+                ConstGauge::new(rate).encode(family.encode_family(&self.labels(transform))?)?;
+            }
+        }
+        if let Some(alerter) = &self.alerts {
+            self.encode_alerts(alerter.stats(), &mut encoder)?;
+        }
         Ok(())
     }
 }
@@ -140,6 +198,7 @@ mod tests {
         let m = Arc::new(PipelineMetrics {
             pipeline: "p".into(),
             stages: vec![("Read".into(), stats)],
+            alerts: None,
         });
         let text = m.render();
         assert!(
@@ -160,5 +219,36 @@ mod tests {
             !text.contains("sluice_watermark_seconds{"),
             "no watermark yet: {text}"
         );
+    }
+
+    #[tokio::test]
+    async fn renders_dead_letter_rates_of_measured_stages_and_alert_counters() {
+        let measured = Arc::new(StageStats::default());
+        measured.set_dead_letter_rate(0.25);
+        let (alerter, _) = crate::alerts::Alerter::recording();
+        let m = Arc::new(PipelineMetrics {
+            pipeline: "p".into(),
+            stages: vec![
+                ("Read".into(), measured),
+                ("Write".into(), Arc::new(StageStats::default())),
+            ],
+            alerts: Some(alerter),
+        });
+        let text = m.render();
+        assert!(
+            text.contains("sluice_dead_letter_rate{pipeline=\"p\",transform=\"Read\"} 0.25\n"),
+            "{text}"
+        );
+        assert!(!text.contains("transform=\"Write\"} NaN"), "{text}");
+        assert!(
+            !text.contains("sluice_dead_letter_rate{pipeline=\"p\",transform=\"Write\"}"),
+            "{text}"
+        );
+        for name in ["sent", "failed", "suppressed", "dropped"] {
+            assert!(
+                text.contains(&format!("sluice_alerts_{name}_total{{pipeline=\"p\"}} 0\n")),
+                "{text}"
+            );
+        }
     }
 }
