@@ -12,7 +12,8 @@ use crate::config::{self, Diagnostics, PipelineSpec};
 use std::sync::Arc;
 
 use crate::pipeline::runner::{self, RunControl, RunReport};
-use crate::pipeline::{self, Graph, build::Overrides};
+use crate::pipeline::valve::Valves;
+use crate::pipeline::{self, Graph, build::Overrides, build::Services};
 use crate::telemetry::metrics::PipelineMetrics;
 
 #[derive(Parser, Debug)]
@@ -199,9 +200,20 @@ pub async fn run(
     until_idle: Option<Duration>,
     http: Option<&str>,
 ) -> Result<RunReport, pipeline::EngineError> {
-    let built = pipeline::build::build(spec, graph, &Overrides::default())?;
-    let alerter = crate::alerts::Alerter::start(std::env::var("SLUICE_STATUS_URL").ok());
+    // The bound `--http` address replaces this default once known (port 0, 0.0.0.0).
+    let status_url = std::env::var("SLUICE_STATUS_URL").ok();
+    let services = Services {
+        valves: Arc::new(Valves::default()),
+        alerter: crate::alerts::Alerter::start(status_url),
+    };
+    let valves = services.valves.clone();
+    let built = pipeline::build::build(spec, graph, &Overrides::default(), &services)?;
+    let alerter = services.alerter.clone();
     let monitors = crate::alerts::dead_letter::spawn_monitors(spec, graph, &built.stats, &alerter);
+    let gates: Vec<String> = spec.options.gates.iter().map(|g| g.value.clone()).collect();
+    for src in graph.sources() {
+        valves.pause_source(src, &gates);
+    }
     let metrics = Arc::new(PipelineMetrics {
         pipeline: spec.name.clone(),
         stages: graph
@@ -210,6 +222,13 @@ pub async fn run(
             .map(|n| n.name.clone())
             .zip(built.stats.iter().cloned())
             .collect(),
+        checks: spec
+            .transforms
+            .iter()
+            .filter(|t| matches!(t.config, config::TransformConfig::Check(_)))
+            .map(|t| t.name.clone())
+            .collect(),
+        valves: valves.clone(),
         alerts: Some(alerter.clone()),
     });
     let status = crate::http::Status::new(metrics, graph);
@@ -222,6 +241,7 @@ pub async fn run(
         tracing::info!(address = %bound, "Serving /healthz, /readyz, /metrics and the status page");
         alerter.default_status_url(format!("http://{bound}/"));
     }
+    let follower = control_topic(spec, &valves, gates).await?;
     let (tx, stop) = watch::channel(false);
     let on_signal = status.clone();
     tokio::spawn(async move {
@@ -231,11 +251,53 @@ pub async fn run(
         let _ = tx.send(true);
     });
     status.running.store(true, Ordering::Relaxed);
-    let control = RunControl::new(stop).with_until_idle(until_idle);
+    let control = RunControl::new(stop)
+        .with_until_idle(until_idle)
+        .with_valves(valves);
     let result = runner::run(graph, built.stages, built.stats, control).await;
     status.running.store(false, Ordering::Relaxed);
+    if let Some(f) = follower {
+        f.close().await;
+    }
     monitors.finish().await;
     result
+}
+
+/// `options.control_topic`: publishes this pipeline's valves there, and follows its gates.
+async fn control_topic(
+    spec: &PipelineSpec,
+    valves: &Arc<Valves>,
+    gates: Vec<String>,
+) -> Result<Option<crate::pubsub::control::GateFollower>, pipeline::EngineError> {
+    use crate::pubsub::control;
+    let Some(topic) = &spec.options.control_topic else {
+        return Ok(None);
+    };
+    let conn = crate::pubsub::Connection::from_env();
+    let topic = conn
+        .topic_path(&topic.value)
+        .map_err(|e| pipeline::EngineError::config("options.control_topic", e.to_string()))?;
+    if !valves.list().is_empty() {
+        control::spawn_publisher(
+            conn.clone(),
+            topic.clone(),
+            spec.name.clone(),
+            valves.clone(),
+        );
+    }
+    if gates.is_empty() {
+        return Ok(None);
+    }
+    control::follow_gates(conn, topic.clone(), &spec.name, gates, valves.clone())
+        .await
+        .map(Some)
+        .map_err(|e| {
+            pipeline::EngineError::external(
+                "options.gates",
+                format!("cannot follow the control topic {topic}"),
+                e,
+            )
+        })
 }
 
 async fn wait_for_signal() {

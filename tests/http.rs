@@ -39,9 +39,13 @@ async fn health_readiness_metrics_and_status() {
     let log = Arc::new(StageStats::default());
     StageStats::add(&log.rows_in, 42);
     StageStats::add(&log.errors, 3);
+    let valves = Arc::new(sluice::pipeline::valve::Valves::default());
+    valves.register("VolumeCheck", sluice::pipeline::valve::ValveKind::Check);
     let metrics = Arc::new(PipelineMetrics {
         pipeline: "ops".into(),
         stages: vec![("Create".into(), read), ("LogForTesting".into(), log)],
+        checks: vec![],
+        valves: valves.clone(),
         alerts: None,
     });
     let status = Status::new(metrics, &graph);
@@ -60,11 +64,10 @@ async fn health_readiness_metrics_and_status() {
         request(addr, "GET", "/readyz").await,
         (200, "ready".to_string())
     );
-    status
-        .valves
-        .write()
-        .unwrap()
-        .insert("VolumeCheck".into(), false);
+    valves.close(
+        "VolumeCheck",
+        "row_count: 3 rows (expected at least 10 rows)",
+    );
     assert_eq!(
         request(addr, "GET", "/readyz").await,
         (503, "valves closed: VolumeCheck".to_string())
@@ -102,7 +105,8 @@ async fn health_readiness_metrics_and_status() {
         serde_json::json!({"name": "LogForTesting", "type": "LogForTesting", "inputs": ["Create"]})
     );
     assert_eq!(v["stages"][1]["errors"], 3);
-    assert_eq!(v["valves"]["VolumeCheck"], true);
+    assert_eq!(v["valves"]["VolumeCheck"]["open"], true);
+    assert_eq!(v["valves"]["VolumeCheck"]["state"], "open");
     let (code, page) = request(addr, "GET", "/").await;
     assert_eq!(code, 200);
     assert!(page.contains("<title>Sluice status</title>"));

@@ -98,6 +98,8 @@ pub enum TransformConfig {
     WriteToRedis(crate::sinks::redis::RedisConfig),
     WriteToBigQuery(crate::bigquery::WriteConfig),
     ReadFromBigQuery(crate::bigquery::ReadConfig),
+    /// Sluice extension: a data-quality gate with a valve.
+    Check(Box<crate::transforms::check::CheckConfig>),
     /// Internal (never parsed): records its input, for `sluice test` expectations.
     Capture,
     /// A type named in the contract that this build does not run yet; `validate` rejects it.
@@ -142,7 +144,7 @@ pub const KNOWN_TYPES: &[&str] = &[
 ];
 
 /// Types of the contract whose connector is not in this build yet.
-const NOT_YET: &[&str] = &["Check"];
+const NOT_YET: &[&str] = &[];
 
 /// Sluice's watermark extension on `AssignTimestamps` (SPEC §4): bounded out-of-orderness.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -521,6 +523,14 @@ pub fn parse_config(
             let cfg = crate::bigquery::config::parse_read(&mut r, ty.pos, rep);
             r.finish(rep);
             cfg.map_or(TransformConfig::Invalid, TransformConfig::ReadFromBigQuery)
+        }
+        "Check" => {
+            let mut r = reader!(crate::transforms::check::config::KEYS);
+            let cfg = crate::transforms::check::config::parse(&mut r, ty.pos, rep);
+            r.finish(rep);
+            cfg.map_or(TransformConfig::Invalid, |c| {
+                TransformConfig::Check(Box::new(c))
+            })
         }
         _ if NOT_YET.contains(&t) => {
             let reason = format!(

@@ -94,6 +94,11 @@ impl Reporter {
         self.found.is_empty()
     }
 
+    /// How many problems were reported so far (a parser compares before and after a section).
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
     /// Ends collection: `Ok(value)` when nothing was reported.
     pub fn finish<T>(mut self, value: T) -> Result<T, Diagnostics> {
         if self.found.is_empty() {

@@ -72,6 +72,12 @@ pub struct Options {
     pub drain: Drain,
     /// Rows per batch produced by sources (default 8192, DataFusion's batch size).
     pub batch_size: Option<usize>,
+    /// Sluice extension: the Pub/Sub topic where this pipeline's valves publish their state
+    /// and where its gates learn other pipelines' valves (docs/checks.md).
+    pub control_topic: Option<Located<String>>,
+    /// Sluice extension: other pipelines' valves (`pipeline/Check`) that pause this one while
+    /// closed.
+    pub gates: Vec<Located<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,7 +105,14 @@ const TRANSFORM_KEYS: &[&str] = &[
     "windowing",
     "error_handling",
 ];
-const OPTION_KEYS: &[&str] = &["name", "streaming", "drain", "batch_size"];
+const OPTION_KEYS: &[&str] = &[
+    "name",
+    "streaming",
+    "drain",
+    "batch_size",
+    "control_topic",
+    "gates",
+];
 
 /// Loads, renders and parses a pipeline file.
 ///
@@ -279,6 +292,25 @@ fn parse_options(node: Option<&Node>, rep: &mut Reporter) -> Options {
         };
     }
     o.batch_size = r.u64("batch_size", rep).map(|v| v.max(1) as usize);
+    o.control_topic = r.string("control_topic", rep);
+    o.gates = r.string_list("gates", rep).unwrap_or_default();
+    for g in &o.gates {
+        let parts: Vec<&str> = g.value.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.trim().is_empty()) {
+            rep.error(
+                g.pos,
+                format!("gate `{}` is not `pipeline/valve`", g.value),
+                Some("name the other pipeline (its `options.name` or file stem) and its Check, e.g. `orders_export/VolumeCheck`".into()),
+            );
+        }
+    }
+    if let (Some(g), None) = (o.gates.first(), &o.control_topic) {
+        rep.error(
+            g.pos,
+            "`gates` need `options.control_topic`: the topic where the other pipeline publishes its valves",
+            Some("set the same `control_topic` in both pipelines".into()),
+        );
+    }
     r.finish(rep);
     o
 }

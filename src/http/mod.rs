@@ -2,9 +2,8 @@
 //! `/readyz` (running and every valve open), `/metrics` (Prometheus text), `/` (status page) and
 //! `/api/status` (the JSON the status page polls).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -14,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::pipeline::Graph;
+use crate::pipeline::valve::{OpenError, Valves};
 use crate::telemetry::metrics::{PipelineMetrics, watermark_seconds};
 
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -26,8 +26,8 @@ pub struct Status {
     pub graph: Vec<(String, String, Vec<String>)>,
     /// True while the pipeline runs and has not been asked to stop.
     pub running: AtomicBool,
-    /// Valves by check name: true when open.
-    pub valves: RwLock<BTreeMap<String, bool>>,
+    /// The run's valves (and gates).
+    pub valves: Arc<Valves>,
 }
 
 impl Status {
@@ -54,10 +54,10 @@ impl Status {
             })
             .collect();
         Arc::new(Status {
-            metrics,
             graph: nodes,
             running: AtomicBool::new(false),
-            valves: RwLock::default(),
+            valves: metrics.valves.clone(),
+            metrics,
         })
     }
 
@@ -66,23 +66,11 @@ impl Status {
         if !self.running.load(Relaxed) {
             return Err("not running".into());
         }
-        let valves = self.valves.read().expect("not poisoned");
-        let closed: Vec<&String> = valves
-            .iter()
-            .filter(|(_, open)| !**open)
-            .map(|(n, _)| n)
-            .collect();
+        let closed = self.valves.closed_checks();
         if closed.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "valves closed: {}",
-                closed
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            Err(format!("valves closed: {}", closed.join(", ")))
         }
     }
 
@@ -112,7 +100,7 @@ impl Status {
             "ready": self.ready().is_ok(),
             "graph": self.graph.iter().map(|(n, t, i)| json!({"name": n, "type": t, "inputs": i})).collect::<Vec<_>>(),
             "stages": stages,
-            "valves": *self.valves.read().expect("not poisoned"),
+            "valves": self.valves.snapshot(),
         })
     }
 }
@@ -150,13 +138,13 @@ async fn metrics(State(s): State<Arc<Status>>) -> Response {
 }
 
 async fn open_valve(State(s): State<Arc<Status>>, Path(name): Path<String>) -> Response {
-    let mut valves = s.valves.write().expect("not poisoned");
-    match valves.get_mut(&name) {
-        Some(open) => {
-            *open = true;
+    match s.valves.open(&name) {
+        Ok(()) => {
+            tracing::info!(valve = %name, "Valve opened over HTTP");
             (StatusCode::OK, format!("valve {name} opened")).into_response()
         }
-        None => (StatusCode::NOT_FOUND, format!("no valve named {name}")).into_response(),
+        Err(e @ OpenError::Unknown(_)) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(e @ OpenError::Gate(_)) => (StatusCode::CONFLICT, e.to_string()).into_response(),
     }
 }
 

@@ -8,6 +8,8 @@ use serde_json::Value;
 use super::graph::Graph;
 use super::operator::{EngineError, ErrorRoute, StageStats};
 use super::runner::Stage;
+use super::valve::Valves;
+use crate::alerts::Alerter;
 use crate::config::{PipelineSpec, TransformConfig};
 use crate::io;
 use crate::sinks;
@@ -24,6 +26,23 @@ pub struct Overrides {
     pub mock_outputs: Vec<(String, Vec<Value>)>,
     /// Transforms whose input is captured instead of running them.
     pub capture_inputs: Vec<String>,
+}
+
+/// What stages share with the rest of a run: the valves, where alerts go.
+#[derive(Clone)]
+pub struct Services {
+    pub valves: Arc<Valves>,
+    pub alerter: Alerter,
+}
+
+impl Default for Services {
+    /// Fresh valves; alerts are recorded, not delivered (tests, `sluice test`).
+    fn default() -> Self {
+        Services {
+            valves: Arc::default(),
+            alerter: Alerter::recording().0,
+        }
+    }
 }
 
 /// Rows collected by a capture stage.
@@ -44,6 +63,7 @@ pub fn build(
     spec: &PipelineSpec,
     graph: &Graph,
     overrides: &Overrides,
+    services: &Services,
 ) -> Result<Built, EngineError> {
     let batch_size = spec.options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     let mut stages = Vec::with_capacity(graph.nodes.len());
@@ -230,6 +250,24 @@ pub fn build(
                 batch_size,
                 errors,
             ))),
+            TransformConfig::Check(cfg) => {
+                let halts = cfg.on_failure.halts();
+                let op = transforms::check::Check::new(
+                    name,
+                    &spec.name,
+                    (**cfg).clone(),
+                    node.windowing.kind,
+                    services.valves.clone(),
+                    services.alerter.clone(),
+                    st.clone(),
+                );
+                if halts {
+                    for src in graph.upstream_sources(graph.node(name).unwrap_or_default()) {
+                        services.valves.pause_source(src, &[name.to_string()]);
+                    }
+                }
+                Stage::Operator(Box::new(op))
+            }
             TransformConfig::Unsupported { reason } => {
                 return Err(EngineError::config(name, reason.clone()));
             }

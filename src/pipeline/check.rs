@@ -23,6 +23,7 @@ pub fn check_expressions(spec: &PipelineSpec, rep: &mut Reporter) {
             TransformConfig::Combine { combine, .. } => {
                 exprs.extend(combine.iter().filter_map(|c| c.value.as_ref()))
             }
+            TransformConfig::Check(c) => exprs.extend(c.expression.as_ref()),
             _ => {}
         }
         for e in exprs {

@@ -188,6 +188,31 @@ impl Graph {
     pub fn node(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }
+
+    /// The source nodes (no inputs) that `node` reads from, directly or not, in index order.
+    pub fn upstream_sources(&self, node: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut todo = vec![node];
+        let mut sources = Vec::new();
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            if self.nodes[i].inputs.is_empty() {
+                sources.push(i);
+            }
+            todo.extend(self.nodes[i].inputs.iter().map(|e| e.from));
+        }
+        sources.sort_unstable();
+        sources
+    }
+
+    /// Every source node.
+    pub fn sources(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].inputs.is_empty())
+            .collect()
+    }
 }
 
 fn input_hint(spec: &PipelineSpec) -> String {

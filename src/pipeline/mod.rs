@@ -6,6 +6,7 @@ pub mod check;
 pub mod graph;
 pub mod operator;
 pub mod runner;
+pub mod valve;
 
 pub use graph::{Graph, Node};
 pub use operator::{END_OF_TIME, EngineError, EventTime, Operator, Output, Source, SourceSink};
@@ -55,11 +56,30 @@ pub async fn execute(
     overrides: &build::Overrides,
     control: runner::RunControl,
 ) -> Result<(runner::RunReport, Vec<(String, build::Captured)>), EngineError> {
+    let services = build::Services {
+        valves: control.valves.clone(),
+        ..build::Services::default()
+    };
+    execute_with(spec, graph, overrides, &services, control).await
+}
+
+/// [`execute`] with the run's services given (valves shared with the caller, an alerter).
+///
+/// # Errors
+/// The first stage failure.
+pub async fn execute_with(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    overrides: &build::Overrides,
+    services: &build::Services,
+    control: runner::RunControl,
+) -> Result<(runner::RunReport, Vec<(String, build::Captured)>), EngineError> {
     let build::Built {
         stages,
         stats,
         captures,
-    } = build::build(spec, graph, overrides)?;
+    } = build::build(spec, graph, overrides, services)?;
+    let control = control.with_valves(services.valves.clone());
     let report = runner::run(graph, stages, stats, control).await?;
     Ok((report, captures))
 }

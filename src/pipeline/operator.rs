@@ -31,6 +31,9 @@ pub enum EngineError {
     /// A bug in Sluice.
     #[error("internal error in {transform}: {message}")]
     Internal { transform: String, message: String },
+    /// A `Check`'s valve was still closed when its input ended: held data was not passed on.
+    #[error("{transform}: {message}")]
+    Halted { transform: String, message: String },
     /// `AssertEqual` or a test expectation did not hold.
     #[error("{transform}: assertion failed: {message}")]
     Assertion { transform: String, message: String },
@@ -169,6 +172,11 @@ pub trait SourceSink: Send {
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError>;
     /// True once a stop was requested (SIGINT/SIGTERM): read no more and return.
     fn stopping(&self) -> bool;
+    /// True while a valve (or gate) this source feeds is closed: `emit` would wait. A paused
+    /// source is not idle (it is not pulling).
+    fn paused(&self) -> bool {
+        false
+    }
     /// `--until-idle`: a streaming source ends after no input arrived for this long.
     fn until_idle(&self) -> Option<std::time::Duration> {
         None
@@ -198,6 +206,8 @@ pub struct StageStats {
     pub rows_out: AtomicU64,
     pub batches_in: AtomicU64,
     pub errors: AtomicU64,
+    /// Units (panes or batches) a `Check` found failing.
+    pub check_failures: AtomicU64,
     /// Time spent in `process` per batch.
     pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
     /// The watermark this stage last forwarded (ms; `i64::MIN` before the first).
@@ -218,6 +228,7 @@ impl Default for StageStats {
             rows_out: AtomicU64::new(0),
             batches_in: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            check_failures: AtomicU64::new(0),
             // 50µs to ~3s: a batch of a few thousand rows takes 0.1-10 ms in a transform and up
             // to seconds in a sink waiting on the network.
             batch_seconds: prometheus_client::metrics::histogram::Histogram::new(

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use super::graph::Graph;
 use super::operator::{EngineError, EventTime, Operator, Output, Source, SourceSink, StageStats};
+use super::valve::Valves;
 use crate::record::Batch;
 
 /// Batches buffered per stage inbox. Small: a batch holds thousands of rows, and a short queue
@@ -105,6 +106,8 @@ pub struct RunControl {
     pub failed: Arc<AtomicBool>,
     /// Work sources defer until every stage finished or was dropped (flushing acknowledgements).
     deferred: Arc<Mutex<Vec<BoxFuture<'static, ()>>>>,
+    /// The run's valves: a source pauses while a valve it feeds (or a gate) is closed.
+    pub valves: Arc<Valves>,
 }
 
 impl RunControl {
@@ -114,7 +117,14 @@ impl RunControl {
             until_idle: None,
             failed: Arc::default(),
             deferred: Arc::default(),
+            valves: Arc::default(),
         }
+    }
+
+    /// Uses `valves` (shared with the checks, the HTTP endpoints and the control topic).
+    pub fn with_valves(mut self, valves: Arc<Valves>) -> Self {
+        self.valves = valves;
+        self
     }
 
     /// Awaits the work sources deferred (after the stages finished or were dropped).
@@ -179,7 +189,8 @@ pub async fn run(
         let control = control.clone();
         match stage {
             Stage::Source(src) => {
-                tasks.spawn(run_source(src, fanout, st, control));
+                let pausing = control.valves.pausing(i);
+                tasks.spawn(run_source(src, fanout, st, control, pausing));
             }
             Stage::Operator(op) => {
                 let inbox = inbox.expect("operators have inputs");
@@ -232,11 +243,19 @@ struct SourceOut {
     stats: Arc<StageStats>,
     control: RunControl,
     watermark: EventTime,
+    /// Valves (and gates) that pause this source while closed.
+    pausing: Vec<String>,
 }
 
 #[async_trait]
 impl SourceSink for SourceOut {
     async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError> {
+        // A closed valve downstream: stop here, so nothing more is read until it reopens.
+        let mut stop = self.control.stop.clone();
+        self.control
+            .valves
+            .wait_flowing(&self.pausing, &mut stop)
+            .await;
         if Some(port) != self.fanout.error_port {
             StageStats::add(&self.stats.rows_out, batch.num_rows());
         }
@@ -263,6 +282,10 @@ impl SourceSink for SourceOut {
         self.control.until_idle
     }
 
+    fn paused(&self) -> bool {
+        self.control.valves.blocks(&self.pausing)
+    }
+
     fn failed_flag(&self) -> Arc<AtomicBool> {
         self.control.failed.clone()
     }
@@ -281,12 +304,14 @@ async fn run_source(
     fanout: Fanout,
     stats: Arc<StageStats>,
     control: RunControl,
+    pausing: Vec<String>,
 ) -> Result<(), EngineError> {
     let mut out = SourceOut {
         fanout,
         stats,
         control,
         watermark: EventTime::MIN,
+        pausing,
     };
     src.run(&mut out).await?;
     out.fanout.broadcast(|| Msg::End).await;

@@ -40,6 +40,9 @@ pub fn declared(spec: &PipelineSpec, conn: &Connection) -> Result<Vec<Resource>,
             topics.push(t);
         }
     };
+    if let Some(ct) = &spec.options.control_topic {
+        add_topic(conn.topic_path(&ct.value).map_err(|e| e.to_string())?);
+    }
     for t in &spec.transforms {
         match &t.config {
             TransformConfig::WriteToPubSub(w) => {

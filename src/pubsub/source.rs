@@ -254,6 +254,8 @@ impl Source for ReadFromPubSub {
                         {
                             break Err(e);
                         }
+                        // `emit` waits while a valve is closed: that is not idleness.
+                        last_message = Instant::now();
                     }
                 }
                 Ok(Some(Err(e))) => {
@@ -273,6 +275,12 @@ impl Source for ReadFromPubSub {
                         {
                             break Err(e);
                         }
+                        last_message = Instant::now();
+                        continue;
+                    }
+                    if sink.paused() {
+                        // Not pulling while a valve is closed: neither idle nor advancing.
+                        last_message = Instant::now();
                         continue;
                     }
                     let idle = last_message.elapsed();

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::pipeline::operator::StageStats;
+use crate::pipeline::valve::{ValveKind, Valves};
 
 pub const RECORDS_IN: &str = "sluice_records_in";
 pub const RECORDS_OUT: &str = "sluice_records_out";
@@ -21,6 +22,9 @@ pub const BATCHES: &str = "sluice_batches";
 pub const BATCH_DURATION: &str = "sluice_batch_duration_seconds";
 pub const WATERMARK: &str = "sluice_watermark_seconds";
 pub const WATERMARK_LAG: &str = "sluice_watermark_lag_seconds";
+pub const CHECK_FAILURES: &str = "sluice_check_failures";
+pub const VALVE_OPEN: &str = "sluice_valve_open";
+pub const GATE_OPEN: &str = "sluice_gate_open";
 pub const DEAD_LETTER_RATE: &str = "sluice_dead_letter_rate";
 pub const ALERTS_SENT: &str = "sluice_alerts_sent";
 pub const ALERTS_FAILED: &str = "sluice_alerts_failed";
@@ -32,6 +36,9 @@ pub const ALERTS_DROPPED: &str = "sluice_alerts_dropped";
 pub struct PipelineMetrics {
     pub pipeline: String,
     pub stages: Vec<(String, Arc<StageStats>)>,
+    /// Names of the stages that are `Check`s (for `sluice_check_failures`).
+    pub checks: Vec<String>,
+    pub valves: Arc<Valves>,
     /// The alert counters, when the run alerts.
     pub alerts: Option<crate::alerts::Alerter>,
 }
@@ -168,6 +175,38 @@ impl Collector for PipelineMetrics {
             ConstGauge::new(*lag).encode(family.encode_family(&self.labels(transform))?)?;
         }
         let mut family = encoder.encode_descriptor(
+            CHECK_FAILURES,
+            "Panes or batches a Check found failing.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (transform, stats) in self.stages.iter().filter(|(t, _)| self.checks.contains(t)) {
+            ConstCounter::new(stats.check_failures.load(Relaxed))
+                .encode(family.encode_family(&self.labels(transform))?)?;
+        }
+        let valves = self.valves.list();
+        for (name, help, kind, label) in [
+            (
+                VALVE_OPEN,
+                "1 while the valve of a halting Check is open, else 0.",
+                ValveKind::Check,
+                "check",
+            ),
+            (
+                GATE_OPEN,
+                "1 while the other pipeline's valve this one is gated on is open, else 0.",
+                ValveKind::Gate,
+                "gate",
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (valve, _, state) in valves.iter().filter(|(_, k, _)| *k == kind) {
+                let labels = [("pipeline", self.pipeline.clone()), (label, valve.clone())];
+                ConstGauge::new(i64::from(state.is_open()))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
             DEAD_LETTER_RATE,
             "Share of a transform's records sent to its error output over the alarm window.",
             None,
@@ -195,9 +234,14 @@ mod tests {
         StageStats::add(&stats.rows_in, 7);
         StageStats::add(&stats.errors, 2);
         stats.batch_seconds.observe(0.001);
+        let valves = Arc::new(Valves::default());
+        valves.register("Volume", ValveKind::Check);
+        valves.close("Volume", "too few rows");
         let m = Arc::new(PipelineMetrics {
             pipeline: "p".into(),
             stages: vec![("Read".into(), stats)],
+            checks: vec![],
+            valves,
             alerts: None,
         });
         let text = m.render();
@@ -219,6 +263,10 @@ mod tests {
             !text.contains("sluice_watermark_seconds{"),
             "no watermark yet: {text}"
         );
+        assert!(
+            text.contains("sluice_valve_open{pipeline=\"p\",check=\"Volume\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -232,6 +280,8 @@ mod tests {
                 ("Read".into(), measured),
                 ("Write".into(), Arc::new(StageStats::default())),
             ],
+            checks: vec![],
+            valves: Arc::default(),
             alerts: Some(alerter),
         });
         let text = m.render();

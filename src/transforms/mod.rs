@@ -1,6 +1,7 @@
 //! Element-wise and testing transforms, one per file.
 
 pub mod assert_equal;
+pub mod check;
 pub mod create;
 pub mod explode;
 pub mod filter;

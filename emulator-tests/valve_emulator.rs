@@ -1,0 +1,506 @@
+//! End-to-end tests of `Check`'s valve and of gates between pipelines, against Google's Pub/Sub
+//! emulator, driving the real `sluice` binary with `--http`, and a local webhook receiver.
+//!
+//! Run them with `emulator-tests/run-pubsub-tests.sh` (it starts the emulator and sets
+//! `PUBSUB_EMULATOR_HOST` and `SLUICE_REQUIRE_EMULATORS=1`). Every test uses its own topics,
+//! subscriptions and pipeline names.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use google_cloud_pubsub::model::Message;
+use serde_json::Value;
+use sluice::pubsub::Connection;
+use tokio::process::Child;
+
+const PROJECT: &str = "test-project";
+/// 2026-01-01T00:00:00Z: windows below are minutes after it.
+const T0: i64 = 1_767_225_600_000;
+const MIN: i64 = 60_000;
+
+fn emulator() -> Option<Connection> {
+    match std::env::var("PUBSUB_EMULATOR_HOST") {
+        Ok(h) if !h.trim().is_empty() => Some(Connection {
+            emulator: Some(format!("http://{h}")),
+            project: Some(PROJECT.into()),
+        }),
+        _ => {
+            assert!(
+                std::env::var_os("SLUICE_REQUIRE_EMULATORS").is_none(),
+                "SLUICE_REQUIRE_EMULATORS is set but PUBSUB_EMULATOR_HOST is not"
+            );
+            eprintln!(
+                "note: PUBSUB_EMULATOR_HOST is not set; run emulator-tests/run-pubsub-tests.sh"
+            );
+            None
+        }
+    }
+}
+
+fn topic(name: &str) -> String {
+    format!("projects/{PROJECT}/topics/{name}")
+}
+
+fn sub(name: &str) -> String {
+    format!("projects/{PROJECT}/subscriptions/{name}")
+}
+
+async fn create_topic(conn: &Connection, name: &str) {
+    conn.topic_admin()
+        .await
+        .expect("admin")
+        .create_topic()
+        .set_name(topic(name))
+        .send()
+        .await
+        .expect("create topic");
+}
+
+async fn create_subscription(conn: &Connection, name: &str, on_topic: &str) {
+    conn.subscription_admin()
+        .await
+        .expect("admin")
+        .create_subscription()
+        .set_name(sub(name))
+        .set_topic(topic(on_topic))
+        .set_ack_deadline_seconds(10)
+        .send()
+        .await
+        .expect("create subscription");
+}
+
+/// Publishes `(payload, ts attribute)` messages; returns their message ids.
+async fn publish(conn: &Connection, to: &str, msgs: &[(String, i64)]) -> Vec<String> {
+    let p = conn
+        .publisher(&topic(to), 100, Duration::from_millis(1))
+        .await
+        .expect("publisher");
+    let futures: Vec<_> = msgs
+        .iter()
+        .map(|(data, ts)| {
+            p.publish(
+                Message::new()
+                    .set_data(data.as_bytes().to_vec())
+                    .set_attributes([("ts", ts.to_string())]),
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for f in futures {
+        ids.push(f.await.expect("published"));
+    }
+    ids
+}
+
+/// `n` messages in minute `window` after T0, ids from `first`.
+fn minute(window: i64, first: i64, n: i64) -> Vec<(String, i64)> {
+    (0..n)
+        .map(|i| {
+            let ts = T0 + window * MIN + i * 1000;
+            (format!(r#"{{"id": {}, "ts": {ts}}}"#, first + i), ts)
+        })
+        .collect()
+}
+
+/// Collects (and acknowledges) everything a subscription delivers, in the background.
+struct Collector {
+    got: Arc<Mutex<Vec<Message>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start(conn: &Connection, name: &str) -> Collector {
+        let subscriber = conn.subscriber().await.expect("subscriber");
+        let got: Arc<Mutex<Vec<Message>>> = Arc::default();
+        let sink = got.clone();
+        let mut stream = subscriber.subscribe(sub(name)).build();
+        let task = tokio::spawn(async move {
+            while let Some(Ok((m, h))) = stream.next().await {
+                h.ack();
+                sink.lock().unwrap().push(m);
+            }
+        });
+        Collector { got, task }
+    }
+
+    fn len(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Waits until `n` messages arrived (at most `limit`).
+    async fn wait_for(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} messages, got {} within {limit:?}",
+                self.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `sluice_id` attribute of every message received.
+    fn ids(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.attributes.get("sluice_id").cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A webhook receiver on a loopback port: every POSTed JSON body.
+async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::{Json, Router, extract::State, routing::post};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(s): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
+                    s.lock().unwrap().push(v);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    (url, got)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sluice run FILE --http 127.0.0.1:PORT [extra]`; returns the child and the base URL.
+fn start(conn: &Connection, file: &Path, extra: &[&str]) -> (Child, String) {
+    let host = conn
+        .emulator
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(file)
+        .args(["--http", &addr])
+        .args(extra)
+        .env("PUBSUB_EMULATOR_HOST", host)
+        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
+        .env("RUST_LOG", "sluice=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sluice starts");
+    (child, format!("http://{addr}"))
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
+}
+
+/// Waits until `probe` holds (at most `limit`), polling every 100 ms.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !probe().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn valve_state(base: &str, valve: &str) -> Option<String> {
+    let (_, body) = get(&format!("{base}/api/status")).await?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["valves"][valve]["state"].as_str().map(str::to_string)
+}
+
+async fn finish(child: Child) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("sluice exits")
+        .expect("output")
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+}
+
+/// The upstream pipeline: per-minute fixed windows of the input messages, a halting volume check
+/// (a minute with less than half the previous minute's messages fails), each message published on.
+fn upstream_yaml(name: &str, input_sub: &str, output: &str, hook: &str, control: &str) -> String {
+    format!(
+        r#"
+options:
+  name: {name}
+  control_topic: {control}
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: JSON
+        schema:
+          type: object
+          properties:
+            id: {{type: integer}}
+            ts: {{type: integer}}
+          required: [id, ts]
+        timestamp_attribute: ts
+        watermark: {{max_delay: 0s}}
+    - type: WindowInto
+      name: Minutes
+      input: Read
+      windowing: {{type: fixed, size: 60s}}
+    - type: Check
+      name: Volume
+      input: Minutes
+      config:
+        volume_change: {{min_ratio: 0.5}}
+        on_failure: alert_and_halt
+        alert: {{webhook: "{hook}"}}
+    - type: WriteToPubSub
+      name: Publish
+      input: Volume
+      config:
+        topic: {output}
+"#
+    )
+}
+
+/// A volume drop closes the valve: exactly the bad minute and what follows is held (nothing
+/// derived from it written, not acknowledged), the source stops, `/readyz` is 503, the metric is
+/// 0, and one alert carries the numbers. Reopening over HTTP delivers the held messages, and at
+/// the end every input message was published exactly once with nothing left in the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_valve_holds_the_bad_minute_until_reopened() {
+    let Some(conn) = emulator() else { return };
+    let pid = std::process::id();
+    let (input, output, control) = (
+        format!("valve-in-{pid}"),
+        format!("valve-out-{pid}"),
+        format!("valve-control-{pid}"),
+    );
+    for t in [&input, &output, &control] {
+        create_topic(&conn, t).await;
+    }
+    create_subscription(&conn, &input, &input).await;
+    create_subscription(&conn, &output, &output).await;
+    let out = Collector::start(&conn, &output).await;
+    let (hook, alerts) = webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("valve.yaml");
+    let name = format!("valve_{pid}");
+    std::fs::write(&file, upstream_yaml(&name, &input, &output, &hook, &control)).unwrap();
+    let (child, base) = start(&conn, &file, &["--until-idle", "3s"]);
+    let mut published = Vec::new();
+
+    // Minutes 0 and 1 have 10 messages each; a message of minute 2 closes minute 1.
+    published.extend(publish(&conn, &input, &minute(0, 0, 10)).await);
+    published.extend(publish(&conn, &input, &minute(1, 100, 10)).await);
+    out.wait_for(10, Duration::from_secs(30)).await;
+    published.extend(publish(&conn, &input, &minute(2, 200, 2)).await);
+    out.wait_for(20, Duration::from_secs(30)).await;
+    // Minute 3 closes minute 2, which has 2 messages against 10: the valve closes.
+    published.extend(publish(&conn, &input, &minute(3, 300, 1)).await);
+    eventually("the valve closes", Duration::from_secs(30), || async {
+        valve_state(&base, "Volume").await.as_deref() == Some("closed")
+    })
+    .await;
+    assert_eq!(
+        get(&format!("{base}/readyz")).await.map(|r| r.0),
+        Some(503)
+    );
+    let (_, metrics) = get(&format!("{base}/metrics")).await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "sluice_valve_open{{pipeline=\"{name}\",check=\"Volume\"}} 0\n"
+        )),
+        "{metrics}"
+    );
+    // More data while closed: the source does not pass it on.
+    published.extend(publish(&conn, &input, &minute(3, 310, 5)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(out.len(), 20, "nothing derived from the held minute was written");
+    {
+        let alerts = alerts.lock().unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0]["kind"], "check_failed");
+        assert_eq!(alerts[0]["source"], "Volume");
+        assert_eq!(alerts[0]["window_start_ms"], T0 + 2 * MIN);
+        assert_eq!(
+            alerts[0]["findings"][0]["observed"],
+            "ratio 0.200 (2 rows against a baseline of 10.0)"
+        );
+    }
+
+    let opened = reqwest::Client::new()
+        .post(format!("{base}/valves/Volume/open"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status().as_u16(), 200);
+    // The held minute flows on; minute 3 (6 messages against 2) fires at the end of the run.
+    out.wait_for(22, Duration::from_secs(30)).await;
+    let done = finish(child).await;
+    assert!(done.status.success(), "{}", show(&done));
+    out.wait_for(28, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got: Vec<String> = out.ids();
+    assert_eq!(got.len(), 28, "each message published once: {got:?}");
+    assert_eq!(
+        got.iter().collect::<BTreeSet<_>>(),
+        published.iter().collect::<BTreeSet<_>>()
+    );
+    // Nothing is left unacknowledged on the input.
+    let rest = Collector::start(&conn, &input).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rest.len(), 0, "backlog after the run");
+}
+
+/// A pipeline gated on another's valve pauses while it is closed and resumes when it reopens;
+/// the valve's state travels over the control topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_pipeline_pauses_while_the_upstream_valve_is_closed() {
+    let Some(conn) = emulator() else { return };
+    let pid = std::process::id();
+    let (up_in, up_out, down_in, down_out, control) = (
+        format!("gate-up-in-{pid}"),
+        format!("gate-up-out-{pid}"),
+        format!("gate-down-in-{pid}"),
+        format!("gate-down-out-{pid}"),
+        format!("gate-control-{pid}"),
+    );
+    for t in [&up_in, &up_out, &down_in, &down_out, &control] {
+        create_topic(&conn, t).await;
+    }
+    for s in [&up_in, &down_in, &down_out] {
+        create_subscription(&conn, s, s).await;
+    }
+    let downstream_out = Collector::start(&conn, &down_out).await;
+    let (hook, _alerts) = webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up_name = format!("gate_up_{pid}");
+    let up_file = dir.path().join("up.yaml");
+    std::fs::write(
+        &up_file,
+        upstream_yaml(&up_name, &up_in, &up_out, &hook, &control),
+    )
+    .unwrap();
+    let down_file = dir.path().join("down.yaml");
+    std::fs::write(
+        &down_file,
+        format!(
+            r#"
+options:
+  name: gate_down_{pid}
+  control_topic: {control}
+  gates: [{up_name}/Volume]
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {down_in}
+        format: RAW
+    - type: WriteToPubSub
+      name: Publish
+      input: Read
+      config:
+        topic: {down_out}
+        format: RAW
+"#
+        ),
+    )
+    .unwrap();
+    let (down, down_base) = start(&conn, &down_file, &[]);
+    let (up, up_base) = start(&conn, &up_file, &[]);
+    let raw = |from: i64, n: i64| -> Vec<(String, i64)> {
+        (from..from + n).map(|i| (format!("d{i}"), T0)).collect()
+    };
+    publish(&conn, &down_in, &raw(0, 3)).await;
+    downstream_out.wait_for(3, Duration::from_secs(30)).await;
+
+    publish(&conn, &up_in, &minute(0, 0, 10)).await;
+    publish(&conn, &up_in, &minute(1, 100, 2)).await;
+    publish(&conn, &up_in, &minute(2, 200, 1)).await;
+    let gate = format!("{up_name}/Volume");
+    eventually("the gate closes downstream", Duration::from_secs(30), || async {
+        valve_state(&down_base, &gate).await.as_deref() == Some("closed")
+    })
+    .await;
+    // The gate is another pipeline's: it cannot be opened here, and it does not fail readiness.
+    let refused = reqwest::Client::new()
+        .post(format!("{down_base}/valves/{}/open", gate.replace('/', "%2F")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 409);
+    assert_eq!(get(&format!("{down_base}/readyz")).await.map(|r| r.0), Some(200));
+
+    publish(&conn, &down_in, &raw(3, 4)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(downstream_out.len(), 3, "paused while the gate is closed");
+
+    let opened = reqwest::Client::new()
+        .post(format!("{up_base}/valves/Volume/open"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status().as_u16(), 200);
+    downstream_out.wait_for(7, Duration::from_secs(30)).await;
+    assert_eq!(valve_state(&down_base, &gate).await.as_deref(), Some("open"));
+
+    sigterm(&down);
+    sigterm(&up);
+    let (down_done, up_done) = (finish(down).await, finish(up).await);
+    assert!(down_done.status.success(), "{}", show(&down_done));
+    assert!(up_done.status.success(), "{}", show(&up_done));
+    let mut payloads: Vec<String> = downstream_out
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, vec!["d0", "d1", "d2", "d3", "d4", "d5", "d6"]);
+}
