@@ -329,7 +329,11 @@ async fn a_halted_valve_holds_the_bad_minute_until_reopened() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("valve.yaml");
     let name = format!("valve_{pid}");
-    std::fs::write(&file, upstream_yaml(&name, &input, &output, &hook, &control)).unwrap();
+    std::fs::write(
+        &file,
+        upstream_yaml(&name, &input, &output, &hook, &control),
+    )
+    .unwrap();
     let (child, base) = start(&conn, &file, &["--until-idle", "3s"]);
     let mut published = Vec::new();
 
@@ -345,10 +349,7 @@ async fn a_halted_valve_holds_the_bad_minute_until_reopened() {
         valve_state(&base, "Volume").await.as_deref() == Some("closed")
     })
     .await;
-    assert_eq!(
-        get(&format!("{base}/readyz")).await.map(|r| r.0),
-        Some(503)
-    );
+    assert_eq!(get(&format!("{base}/readyz")).await.map(|r| r.0), Some(503));
     let (_, metrics) = get(&format!("{base}/metrics")).await.unwrap();
     assert!(
         metrics.contains(&format!(
@@ -359,7 +360,11 @@ async fn a_halted_valve_holds_the_bad_minute_until_reopened() {
     // More data while closed: the source does not pass it on.
     published.extend(publish(&conn, &input, &minute(3, 310, 5)).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(out.len(), 20, "nothing derived from the held minute was written");
+    assert_eq!(
+        out.len(),
+        20,
+        "nothing derived from the held minute was written"
+    );
     {
         let alerts = alerts.lock().unwrap();
         assert_eq!(alerts.len(), 1, "{alerts:?}");
@@ -463,18 +468,26 @@ pipeline:
     publish(&conn, &up_in, &minute(1, 100, 2)).await;
     publish(&conn, &up_in, &minute(2, 200, 1)).await;
     let gate = format!("{up_name}/Volume");
-    eventually("the gate closes downstream", Duration::from_secs(30), || async {
-        valve_state(&down_base, &gate).await.as_deref() == Some("closed")
-    })
+    eventually(
+        "the gate closes downstream",
+        Duration::from_secs(30),
+        || async { valve_state(&down_base, &gate).await.as_deref() == Some("closed") },
+    )
     .await;
     // The gate is another pipeline's: it cannot be opened here, and it does not fail readiness.
     let refused = reqwest::Client::new()
-        .post(format!("{down_base}/valves/{}/open", gate.replace('/', "%2F")))
+        .post(format!(
+            "{down_base}/valves/{}/open",
+            gate.replace('/', "%2F")
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status().as_u16(), 409);
-    assert_eq!(get(&format!("{down_base}/readyz")).await.map(|r| r.0), Some(200));
+    assert_eq!(
+        get(&format!("{down_base}/readyz")).await.map(|r| r.0),
+        Some(200)
+    );
 
     publish(&conn, &down_in, &raw(3, 4)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -487,7 +500,10 @@ pipeline:
         .unwrap();
     assert_eq!(opened.status().as_u16(), 200);
     downstream_out.wait_for(7, Duration::from_secs(30)).await;
-    assert_eq!(valve_state(&down_base, &gate).await.as_deref(), Some("open"));
+    assert_eq!(
+        valve_state(&down_base, &gate).await.as_deref(),
+        Some("open")
+    );
 
     sigterm(&down);
     sigterm(&up);
