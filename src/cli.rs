@@ -200,15 +200,16 @@ pub async fn run(
     until_idle: Option<Duration>,
     http: Option<&str>,
 ) -> Result<RunReport, pipeline::EngineError> {
-    let status_url = std::env::var("SLUICE_STATUS_URL")
-        .ok()
-        .or_else(|| http.map(|a| format!("http://{a}/")));
+    // The bound `--http` address replaces this default once known (port 0, 0.0.0.0).
+    let status_url = std::env::var("SLUICE_STATUS_URL").ok();
     let services = Services {
         valves: Arc::new(Valves::default()),
         alerter: crate::alerts::Alerter::start(status_url),
     };
     let valves = services.valves.clone();
     let built = pipeline::build::build(spec, graph, &Overrides::default(), &services)?;
+    let alerter = services.alerter.clone();
+    let monitors = crate::alerts::dead_letter::spawn_monitors(spec, graph, &built.stats, &alerter);
     let gates: Vec<String> = spec.options.gates.iter().map(|g| g.value.clone()).collect();
     for src in graph.sources() {
         valves.pause_source(src, &gates);
@@ -228,6 +229,7 @@ pub async fn run(
             .map(|t| t.name.clone())
             .collect(),
         valves: valves.clone(),
+        alerts: Some(alerter.clone()),
     });
     let status = crate::http::Status::new(metrics, graph);
     if let Some(addr) = http {
@@ -237,6 +239,7 @@ pub async fn run(
                 pipeline::EngineError::config("--http", format!("cannot listen on {addr}: {e}"))
             })?;
         tracing::info!(address = %bound, "Serving /healthz, /readyz, /metrics and the status page");
+        alerter.default_status_url(format!("http://{bound}/"));
     }
     let follower = control_topic(spec, &valves, gates).await?;
     let (tx, stop) = watch::channel(false);
@@ -256,6 +259,7 @@ pub async fn run(
     if let Some(f) = follower {
         f.close().await;
     }
+    monitors.finish().await;
     result
 }
 

@@ -104,6 +104,7 @@ async fn run_one(spec: &PipelineSpec, test: &TestSpec) -> Vec<String> {
             config: TransformConfig::Capture,
             windowing: None,
             error_output: None,
+            error_alert: None,
         });
         expected.push((capture, e.elements.as_slice()));
     }

@@ -46,6 +46,7 @@ async fn health_readiness_metrics_and_status() {
         stages: vec![("Create".into(), read), ("LogForTesting".into(), log)],
         checks: vec![],
         valves: valves.clone(),
+        alerts: None,
     });
     let status = Status::new(metrics, &graph);
     let addr = serve("127.0.0.1:0", status.clone()).await.unwrap();

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use marked_yaml::Node;
 
+use crate::alerts::dead_letter::{DeadLetterAlarm, parse_alarm};
+
 use super::components::{TransformConfig, parse_config};
 use super::diag::{Diagnostics, Pos, Reporter, did_you_mean, suggest};
 use super::template;
@@ -32,6 +34,8 @@ pub struct TransformSpec {
     pub windowing: Option<Located<Windowing>>,
     /// `error_handling.output`: the name of this transform's error output, if declared.
     pub error_output: Option<Located<String>>,
+    /// `error_handling.alert`: a dead-letter alarm on the error output.
+    pub error_alert: Option<DeadLetterAlarm>,
 }
 
 /// A reference to another transform's output: `Name` or `Name.output`.
@@ -446,15 +450,11 @@ fn parse_transform(node: &Node, rep: &mut Reporter) -> Option<TransformSpec> {
         Some(marked_yaml::Node::Mapping(m)) => m.get_node("error_handling"),
         _ => None,
     };
-    let error_output = r
+    let (error_output, error_alert) = r
         .node("error_handling")
         .or(config_error_handling)
-        .and_then(|e| {
-            let mut er = MapReader::new(Some(e), pos_of(e), "`error_handling`", &["output"], rep);
-            let out = er.required_string("output", rep);
-            er.finish(rep);
-            out
-        });
+        .map(|e| parse_error_handling(e, rep))
+        .unwrap_or_default();
     let error_output = error_output.or_else(|| config.config_error_output().cloned());
     r.finish(rep);
     Some(TransformSpec {
@@ -465,7 +465,38 @@ fn parse_transform(node: &Node, rep: &mut Reporter) -> Option<TransformSpec> {
         config,
         windowing,
         error_output,
+        error_alert,
     })
+}
+
+/// `error_handling`: `output` (the error output's name) and `alert` (a dead-letter alarm).
+fn parse_error_handling(
+    node: &Node,
+    rep: &mut Reporter,
+) -> (Option<Located<String>>, Option<DeadLetterAlarm>) {
+    let mut er = MapReader::new(
+        Some(node),
+        pos_of(node),
+        "`error_handling`",
+        &["output", "alert"],
+        rep,
+    );
+    let alert = er.node("alert");
+    let out = match alert {
+        Some(a) if !er.has("output") => {
+            er.node("output");
+            rep.error(
+                pos_of(a),
+                "`error_handling.alert` needs an error output",
+                Some("add `output: NAME` and consume it (e.g. write it to a dead-letter topic); the alarm measures the share of records sent there".into()),
+            );
+            None
+        }
+        _ => er.required_string("output", rep),
+    };
+    let alarm = alert.and_then(|a| parse_alarm(a, rep));
+    er.finish(rep);
+    (out, alarm)
 }
 
 fn parse_inputs(node: &Node, rep: &mut Reporter) -> Vec<InputRef> {

@@ -88,6 +88,7 @@ impl Status {
                     "records_in": s.rows_in.load(Relaxed),
                     "records_out": s.rows_out.load(Relaxed),
                     "errors": s.errors.load(Relaxed),
+                    "dead_letter_rate": s.dead_letter_rate(),
                     "watermark": wm.map(|w| w.0),
                     "watermark_lag_seconds": wm.map(|w| w.1),
                 })

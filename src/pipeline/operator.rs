@@ -216,6 +216,9 @@ pub struct StageStats {
     pub unhandled_examples: Mutex<Vec<String>>,
     /// Where a sink wrote (file paths, tables), for the run summary.
     pub outputs: Mutex<Vec<String>>,
+    /// The dead-letter rate over the alarm window, as `f64` bits; NaN until
+    /// `alerts::dead_letter` measured it (only transforms with an error output are measured).
+    pub dead_letter_rate: AtomicU64,
 }
 
 impl Default for StageStats {
@@ -234,6 +237,7 @@ impl Default for StageStats {
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             unhandled_examples: Mutex::default(),
             outputs: Mutex::default(),
+            dead_letter_rate: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 }
@@ -241,6 +245,17 @@ impl Default for StageStats {
 impl StageStats {
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The last measured dead-letter rate; `None` when the stage is not measured.
+    pub fn dead_letter_rate(&self) -> Option<f64> {
+        let rate = f64::from_bits(self.dead_letter_rate.load(Ordering::Relaxed));
+        (!rate.is_nan()).then_some(rate)
+    }
+
+    pub fn set_dead_letter_rate(&self, rate: f64) {
+        self.dead_letter_rate
+            .store(rate.to_bits(), Ordering::Relaxed);
     }
 }
 

@@ -332,9 +332,11 @@ fn error_handling(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<Located<S
         Some(node),
         pos_of(node),
         "`error_handling`",
-        &["output"],
+        &["output", "alert"],
         rep,
     );
+    // A dead-letter alarm is read with the transform (config::spec).
+    er.node("alert");
     let out = er.required_string("output", rep);
     er.finish(rep);
     out

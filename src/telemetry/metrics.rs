@@ -25,6 +25,11 @@ pub const WATERMARK_LAG: &str = "sluice_watermark_lag_seconds";
 pub const CHECK_FAILURES: &str = "sluice_check_failures";
 pub const VALVE_OPEN: &str = "sluice_valve_open";
 pub const GATE_OPEN: &str = "sluice_gate_open";
+pub const DEAD_LETTER_RATE: &str = "sluice_dead_letter_rate";
+pub const ALERTS_SENT: &str = "sluice_alerts_sent";
+pub const ALERTS_FAILED: &str = "sluice_alerts_failed";
+pub const ALERTS_SUPPRESSED: &str = "sluice_alerts_suppressed";
+pub const ALERTS_DROPPED: &str = "sluice_alerts_dropped";
 
 /// What `/metrics` reads.
 #[derive(Debug, Clone)]
@@ -34,6 +39,8 @@ pub struct PipelineMetrics {
     /// Names of the stages that are `Check`s (for `sluice_check_failures`).
     pub checks: Vec<String>,
     pub valves: Arc<Valves>,
+    /// The alert counters, when the run alerts.
+    pub alerts: Option<crate::alerts::Alerter>,
 }
 
 type Labels = [(&'static str, String); 2];
@@ -54,6 +61,43 @@ impl PipelineMetrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+impl PipelineMetrics {
+    /// Alert counters, labelled by `pipeline` only (the alerter is shared by the pipeline).
+    fn encode_alerts(
+        &self,
+        a: crate::alerts::AlertStats,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let labels = [("pipeline", self.pipeline.clone())];
+        for (name, help, value) in [
+            (
+                ALERTS_SENT,
+                "Alert deliveries (one alert to one URL) that succeeded.",
+                a.sent,
+            ),
+            (
+                ALERTS_FAILED,
+                "Alert deliveries given up on after retries.",
+                a.failed,
+            ),
+            (
+                ALERTS_SUPPRESSED,
+                "Alert deliveries suppressed by dedup (repeat_after) or the per-URL rate limit.",
+                a.suppressed,
+            ),
+            (
+                ALERTS_DROPPED,
+                "Alert deliveries dropped because the queue was full.",
+                a.dropped,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +206,20 @@ impl Collector for PipelineMetrics {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
+        let mut family = encoder.encode_descriptor(
+            DEAD_LETTER_RATE,
+            "Share of a transform's records sent to its error output over the alarm window.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (transform, stats) in &self.stages {
+            if let Some(rate) = stats.dead_letter_rate() {
+                ConstGauge::new(rate).encode(family.encode_family(&self.labels(transform))?)?;
+            }
+        }
+        if let Some(alerter) = &self.alerts {
+            self.encode_alerts(alerter.stats(), &mut encoder)?;
+        }
         Ok(())
     }
 }
@@ -184,6 +242,7 @@ mod tests {
             stages: vec![("Read".into(), stats)],
             checks: vec![],
             valves,
+            alerts: None,
         });
         let text = m.render();
         assert!(
@@ -208,5 +267,38 @@ mod tests {
             text.contains("sluice_valve_open{pipeline=\"p\",check=\"Volume\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn renders_dead_letter_rates_of_measured_stages_and_alert_counters() {
+        let measured = Arc::new(StageStats::default());
+        measured.set_dead_letter_rate(0.25);
+        let (alerter, _) = crate::alerts::Alerter::recording();
+        let m = Arc::new(PipelineMetrics {
+            pipeline: "p".into(),
+            stages: vec![
+                ("Read".into(), measured),
+                ("Write".into(), Arc::new(StageStats::default())),
+            ],
+            checks: vec![],
+            valves: Arc::default(),
+            alerts: Some(alerter),
+        });
+        let text = m.render();
+        assert!(
+            text.contains("sluice_dead_letter_rate{pipeline=\"p\",transform=\"Read\"} 0.25\n"),
+            "{text}"
+        );
+        assert!(!text.contains("transform=\"Write\"} NaN"), "{text}");
+        assert!(
+            !text.contains("sluice_dead_letter_rate{pipeline=\"p\",transform=\"Write\"}"),
+            "{text}"
+        );
+        for name in ["sent", "failed", "suppressed", "dropped"] {
+            assert!(
+                text.contains(&format!("sluice_alerts_{name}_total{{pipeline=\"p\"}} 0\n")),
+                "{text}"
+            );
+        }
     }
 }
