@@ -4,74 +4,17 @@
 //! Run with `emulator-tests/run-pubsub-tests.sh` (starts the emulator, sets
 //! `PUBSUB_EMULATOR_HOST` and `SLUICE_REQUIRE_EMULATORS=1`). Without `PUBSUB_EMULATOR_HOST` the
 //! test returns early with a note, unless `SLUICE_REQUIRE_EMULATORS` is set, in which case it
-//! fails. Helpers are copied from `pubsub_emulator.rs` (each test file is its own crate).
+//! fails. Shared helpers are in `support.rs`.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 use serde_json::Value;
 use sluice::pubsub::Connection;
 
-const PROJECT: &str = "test-project";
-
-fn emulator() -> Option<Connection> {
-    match std::env::var("PUBSUB_EMULATOR_HOST") {
-        Ok(h) if !h.trim().is_empty() => Some(Connection {
-            emulator: Some(format!("http://{h}")),
-            project: Some(PROJECT.into()),
-        }),
-        _ => {
-            assert!(
-                std::env::var_os("SLUICE_REQUIRE_EMULATORS").is_none(),
-                "SLUICE_REQUIRE_EMULATORS is set but PUBSUB_EMULATOR_HOST is not"
-            );
-            eprintln!(
-                "note: PUBSUB_EMULATOR_HOST is not set; run emulator-tests/run-pubsub-tests.sh"
-            );
-            None
-        }
-    }
-}
-
-/// Resource ids unique to this test and process (ids must start with a letter, ≥ 3 chars).
-fn ids(test: &str) -> impl Fn(&str) -> String {
-    let pid = std::process::id();
-    let test = test.to_string();
-    move |what: &str| format!("{test}-{what}-{pid}")
-}
-
-fn topic(name: &str) -> String {
-    format!("projects/{PROJECT}/topics/{name}")
-}
-
-async fn sluice(args: &[&str], host: &Connection) -> std::process::Output {
-    let host = host
-        .emulator
-        .as_deref()
-        .expect("emulator")
-        .trim_start_matches("http://")
-        .to_string();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("PUBSUB_EMULATOR_HOST", host)
-        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
-        .env("RUST_LOG", "sluice=info")
-        .env_remove("SLUICE_STATUS_URL")
-        .output()
-        .await
-        .expect("the sluice binary runs")
-}
-
-fn show(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+#[path = "support.rs"]
+mod support;
+use support::*;
 
 /// Publishes payloads (no attributes) and waits until the emulator accepted every one.
 async fn publish(conn: &Connection, to: &str, payloads: &[String]) {
@@ -88,37 +31,6 @@ async fn publish(conn: &Connection, to: &str, payloads: &[String]) {
     }
 }
 
-fn json_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
-
-/// A webhook receiver on 127.0.0.1:0 that keeps every JSON body posted to `/hook`.
-async fn webhook_receiver() -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let kept = bodies.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let kept = kept.clone();
-            async move {
-                kept.lock().expect("not poisoned").push(v);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-    (port, bodies)
-}
-
 /// 20 good messages, then a burst of 10 malformed ones: the dead-letter rate over the minute
 /// is 10/30, above `rate_above: 0.2`, and the webhook gets exactly one alert saying so; the
 /// outputs hold exactly the 20 rows and the 10 error records.
@@ -127,7 +39,7 @@ async fn dead_letter_burst_sends_exactly_one_alert() {
     let Some(conn) = emulator() else { return };
     let id = ids("alarm");
     let (input, input_sub) = (id("in"), id("in-sub"));
-    let (port, bodies) = webhook_receiver().await;
+    let (hook, bodies) = webhook().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
     let pipeline = dir.path().join("alarms.yaml");
@@ -152,7 +64,7 @@ pipeline:
           ack_deadline: 10s
         error_handling:
           output: bad
-          alert: {{rate_above: 0.2, over: 1m, webhook: "http://127.0.0.1:{port}/hook"}}
+          alert: {{rate_above: 0.2, over: 1m, webhook: "{hook}"}}
     - type: WriteToJson
       name: WriteRows
       input: Read

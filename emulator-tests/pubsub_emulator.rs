@@ -8,87 +8,15 @@
 //! Every test uses its own topics and subscriptions.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 use serde_json::{Value, json};
 use sluice::pubsub::Connection;
 
-const PROJECT: &str = "test-project";
-
-fn emulator() -> Option<Connection> {
-    match std::env::var("PUBSUB_EMULATOR_HOST") {
-        Ok(h) if !h.trim().is_empty() => Some(Connection {
-            emulator: Some(format!("http://{h}")),
-            project: Some(PROJECT.into()),
-        }),
-        _ => {
-            assert!(
-                std::env::var_os("SLUICE_REQUIRE_EMULATORS").is_none(),
-                "SLUICE_REQUIRE_EMULATORS is set but PUBSUB_EMULATOR_HOST is not"
-            );
-            eprintln!(
-                "note: PUBSUB_EMULATOR_HOST is not set; run emulator-tests/run-pubsub-tests.sh"
-            );
-            None
-        }
-    }
-}
-
-/// Resource ids unique to this test and process (ids must start with a letter, ≥ 3 chars).
-fn ids(test: &str) -> impl Fn(&str) -> String {
-    let pid = std::process::id();
-    let test = test.to_string();
-    move |what: &str| format!("{test}-{what}-{pid}")
-}
-
-fn topic(name: &str) -> String {
-    format!("projects/{PROJECT}/topics/{name}")
-}
-
-fn sub(name: &str) -> String {
-    format!("projects/{PROJECT}/subscriptions/{name}")
-}
-
-async fn sluice(args: &[&str], host: &Connection) -> std::process::Output {
-    let host = host
-        .emulator
-        .as_deref()
-        .expect("emulator")
-        .trim_start_matches("http://")
-        .to_string();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("PUBSUB_EMULATOR_HOST", host)
-        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
-        .env("RUST_LOG", "sluice=info")
-        .output()
-        .await
-        .expect("the sluice binary runs")
-}
-
-fn show(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-async fn create_subscription(conn: &Connection, name: &str, on_topic: &str) {
-    conn.subscription_admin()
-        .await
-        .expect("admin client")
-        .create_subscription()
-        .set_name(sub(name))
-        .set_topic(topic(on_topic))
-        .set_ack_deadline_seconds(10)
-        .send()
-        .await
-        .expect("create subscription");
-}
+#[path = "support.rs"]
+mod support;
+use support::*;
 
 /// Publishes `(payload, attributes)` messages; returns their message ids.
 async fn publish(conn: &Connection, to: &str, msgs: &[(&str, &[(&str, &str)])]) -> Vec<String> {
@@ -125,15 +53,6 @@ async fn pull_all(conn: &Connection, name: &str, idle: Duration) -> Vec<Message>
     }
     stream.shutdown_token().shutdown().await;
     got
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
 }
 
 fn sorted_by_id(mut v: Vec<Value>) -> Vec<Value> {

@@ -15,61 +15,12 @@ use serde_json::Value;
 use sluice::pubsub::Connection;
 use tokio::process::Child;
 
-const PROJECT: &str = "test-project";
+#[path = "support.rs"]
+mod support;
+use support::*;
 /// 2026-01-01T00:00:00Z: windows below are minutes after it.
 const T0: i64 = 1_767_225_600_000;
 const MIN: i64 = 60_000;
-
-fn emulator() -> Option<Connection> {
-    match std::env::var("PUBSUB_EMULATOR_HOST") {
-        Ok(h) if !h.trim().is_empty() => Some(Connection {
-            emulator: Some(format!("http://{h}")),
-            project: Some(PROJECT.into()),
-        }),
-        _ => {
-            assert!(
-                std::env::var_os("SLUICE_REQUIRE_EMULATORS").is_none(),
-                "SLUICE_REQUIRE_EMULATORS is set but PUBSUB_EMULATOR_HOST is not"
-            );
-            eprintln!(
-                "note: PUBSUB_EMULATOR_HOST is not set; run emulator-tests/run-pubsub-tests.sh"
-            );
-            None
-        }
-    }
-}
-
-fn topic(name: &str) -> String {
-    format!("projects/{PROJECT}/topics/{name}")
-}
-
-fn sub(name: &str) -> String {
-    format!("projects/{PROJECT}/subscriptions/{name}")
-}
-
-async fn create_topic(conn: &Connection, name: &str) {
-    conn.topic_admin()
-        .await
-        .expect("admin")
-        .create_topic()
-        .set_name(topic(name))
-        .send()
-        .await
-        .expect("create topic");
-}
-
-async fn create_subscription(conn: &Connection, name: &str, on_topic: &str) {
-    conn.subscription_admin()
-        .await
-        .expect("admin")
-        .create_subscription()
-        .set_name(sub(name))
-        .set_topic(topic(on_topic))
-        .set_ack_deadline_seconds(10)
-        .send()
-        .await
-        .expect("create subscription");
-}
 
 /// Publishes `(payload, ts attribute)` messages; returns their message ids.
 async fn publish(conn: &Connection, to: &str, msgs: &[(String, i64)]) -> Vec<String> {
@@ -189,27 +140,6 @@ async fn rest_pull(conn: &Connection, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A webhook receiver on a loopback port: every POSTed JSON body.
-async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    use axum::{Json, Router, extract::State, routing::post};
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(s): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
-                    s.lock().unwrap().push(v);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
-    (url, got)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -220,19 +150,13 @@ fn free_port() -> u16 {
 
 /// Starts `sluice run FILE --http 127.0.0.1:PORT [extra]`; returns the child and the base URL.
 fn start(conn: &Connection, file: &Path, extra: &[&str]) -> (Child, String) {
-    let host = conn
-        .emulator
-        .as_deref()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
     let addr = format!("127.0.0.1:{}", free_port());
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("run")
         .arg(file)
         .args(["--http", &addr])
         .args(extra)
-        .env("PUBSUB_EMULATOR_HOST", host)
+        .env("PUBSUB_EMULATOR_HOST", host(conn))
         .env("GOOGLE_CLOUD_PROJECT", PROJECT)
         .env("RUST_LOG", "sluice=info")
         .stdout(std::process::Stdio::piped())
@@ -295,14 +219,6 @@ async fn finish(child: Child) -> std::process::Output {
         .await
         .expect("sluice exits")
         .expect("output")
-}
-
-fn show(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn sigterm(child: &Child) {
