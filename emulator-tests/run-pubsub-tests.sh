@@ -35,4 +35,4 @@ log "emulator at $PUBSUB_EMULATOR_HOST"
 
 cd "$HERE/.."
 # The tests spawn several `sluice` processes each; two at a time keeps a 2-core machine responsive.
-cargo test --test pubsub_emulator --test valve_emulator --test alarms_emulator "$@" -- --test-threads="${PUBSUB_TEST_THREADS:-2}"
+cargo test --test pubsub_emulator --test valve_emulator --test alarms_emulator --test drain_emulator "$@" -- --test-threads="${PUBSUB_TEST_THREADS:-2}"

@@ -6,14 +6,11 @@
 //! subscriptions and pipeline names.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 use serde_json::Value;
 use sluice::pubsub::Connection;
-use tokio::process::Child;
 
 #[path = "support.rs"]
 mod support;
@@ -55,139 +52,6 @@ fn minute(window: i64, first: i64, n: i64) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// Collects (and acknowledges) everything a subscription delivers, in the background.
-struct Collector {
-    got: Arc<Mutex<Vec<Message>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Collector {
-    async fn start(conn: &Connection, name: &str) -> Collector {
-        let subscriber = conn.subscriber().await.expect("subscriber");
-        let got: Arc<Mutex<Vec<Message>>> = Arc::default();
-        let sink = got.clone();
-        let mut stream = subscriber.subscribe(sub(name)).build();
-        let task = tokio::spawn(async move {
-            while let Some(Ok((m, h))) = stream.next().await {
-                h.ack();
-                sink.lock().unwrap().push(m);
-            }
-        });
-        Collector { got, task }
-    }
-
-    fn len(&self) -> usize {
-        self.got.lock().unwrap().len()
-    }
-
-    /// Waits until `n` messages arrived (at most `limit`).
-    async fn wait_for(&self, n: usize, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.len() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {n} messages, got {} within {limit:?}",
-                self.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The `sluice_id` attribute of every message received.
-    fn ids(&self) -> Vec<String> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|m| m.attributes.get("sluice_id").cloned().unwrap_or_default())
-            .collect()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Pulls and acknowledges what `name` has now, through the emulator's REST API; message ids.
-async fn rest_pull(conn: &Connection, name: &str) -> Vec<String> {
-    let base = conn.emulator.as_deref().unwrap();
-    let http = reqwest::Client::new();
-    let r: Value = http
-        .post(format!("{base}/v1/{}:pull", sub(name)))
-        .json(&serde_json::json!({"maxMessages": 100}))
-        .send()
-        .await
-        .expect("pull")
-        .json()
-        .await
-        .expect("JSON");
-    let got = r["receivedMessages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let ack_ids: Vec<&str> = got.iter().filter_map(|m| m["ackId"].as_str()).collect();
-    if !ack_ids.is_empty() {
-        http.post(format!("{base}/v1/{}:acknowledge", sub(name)))
-            .json(&serde_json::json!({ "ackIds": ack_ids }))
-            .send()
-            .await
-            .expect("acknowledge");
-    }
-    got.iter()
-        .filter_map(|m| m["message"]["messageId"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `sluice run FILE --http 127.0.0.1:PORT [extra]`; returns the child and the base URL.
-fn start(conn: &Connection, file: &Path, extra: &[&str]) -> (Child, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg(file)
-        .args(["--http", &addr])
-        .args(extra)
-        .env("PUBSUB_EMULATOR_HOST", host(conn))
-        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
-        .env("RUST_LOG", "sluice=info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sluice starts");
-    (child, format!("http://{addr}"))
-}
-
-async fn get(url: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(url).await.ok()?;
-    Some((r.status().as_u16(), r.text().await.unwrap_or_default()))
-}
-
-/// Waits until `probe` holds (at most `limit`), polling every 100 ms.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !probe().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn valve_state(base: &str, valve: &str) -> Option<String> {
     let (_, body) = get(&format!("{base}/api/status")).await?;
     let v: Value = serde_json::from_str(&body).ok()?;
@@ -199,34 +63,9 @@ async fn read_reaches(base: &str, n: u64) {
     eventually(
         &format!("Read emits {n} records"),
         Duration::from_secs(30),
-        || async {
-            let Some((_, body)) = get(&format!("{base}/api/status")).await else {
-                return false;
-            };
-            let v: Value = serde_json::from_str(&body).unwrap_or_default();
-            v["stages"]
-                .as_array()
-                .and_then(|a| a.iter().find(|s| s["name"] == "Read"))
-                .and_then(|s| s["records_out"].as_u64())
-                == Some(n)
-        },
+        || async { records_out(base, "Read").await == Some(n) },
     )
     .await;
-}
-
-async fn finish(child: Child) -> std::process::Output {
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("sluice exits")
-        .expect("output")
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("running");
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
 }
 
 /// The upstream pipeline: per-minute fixed windows of the input messages, a halting volume check

@@ -253,7 +253,15 @@ pub async fn run(
     status.running.store(true, Ordering::Relaxed);
     let control = RunControl::new(stop)
         .with_until_idle(until_idle)
-        .with_valves(valves);
+        .with_valves(valves)
+        .with_drain(
+            spec.options.drain,
+            Some(
+                spec.options
+                    .drain_timeout
+                    .unwrap_or(config::spec::DEFAULT_DRAIN_TIMEOUT),
+            ),
+        );
     let result = runner::run(graph, built.stages, built.stats, control).await;
     status.running.store(false, Ordering::Relaxed);
     if let Some(f) = follower {

@@ -291,3 +291,63 @@ async fn a_slow_consumer_holds_back_its_producer() {
         "producer ran {gap} batches ahead"
     );
 }
+
+/// A sink that never finishes flushing (an unreachable downstream).
+struct Stuck;
+
+#[async_trait]
+impl Operator for Stuck {
+    async fn process(
+        &mut self,
+        _input: usize,
+        _batch: Batch,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        std::future::pending().await
+    }
+}
+
+/// A stop that cannot finish within `options.drain_timeout` ends the run with an error (exit 1,
+/// unwritten input left for redelivery) instead of hanging past the pod's grace period.
+#[tokio::test]
+async fn a_stop_that_cannot_finish_ends_at_the_drain_deadline() {
+    let spec = parse(
+        "stuck.yaml",
+        "pipeline:\n  type: chain\n  transforms:\n    - type: Create\n      config: {elements: [{i: 1}]}\n    - type: LogForTesting\n",
+    );
+    let graph = sluice::pipeline::validate(&spec).unwrap();
+    let stages = vec![
+        Stage::Source(Box::new(Counting {
+            total: 3,
+            emitted: Arc::default(),
+        })),
+        Stage::Operator(Box::new(Stuck)),
+    ];
+    let stats = vec![
+        Arc::new(StageStats::default()),
+        Arc::new(StageStats::default()),
+    ];
+    let (tx, stop) = tokio::sync::watch::channel(false);
+    let control = RunControl::new(stop).with_drain(
+        sluice::config::spec::Drain::Flush,
+        Some(std::time::Duration::from_millis(300)),
+    );
+    let run = tokio::spawn(async move { runner::run(&graph, stages, stats, control).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!run.is_finished(), "the sink is stuck, so the run is too");
+    tx.send(true).unwrap();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("ended by the deadline")
+        .unwrap()
+        .err()
+        .expect("an error");
+    assert_eq!(
+        err.to_string(),
+        "drain: the stop did not finish within 300ms (options.drain_timeout); unwritten input is left for redelivery"
+    );
+}

@@ -212,7 +212,7 @@ async fn acknowledgement_holds_are_released_with_the_pane() {
         ..Windowing::global()
     });
     let mut out = Output::new(1);
-    let token: Arc<dyn std::any::Any + Send + Sync> = Arc::new(42_u8);
+    let token: sluice::record::AckToken = Arc::new(());
     let mut b = batch(&[("a", 1, 1_000), ("b", 2, 61_000)]);
     b.acks.push(token.clone());
     c.process(0, b, &mut out).await.unwrap();

@@ -70,6 +70,9 @@ pub struct Options {
     pub name: Option<String>,
     pub streaming: Option<bool>,
     pub drain: Drain,
+    /// How long a graceful stop may take (default [`DEFAULT_DRAIN_TIMEOUT`]); past it the run
+    /// exits 1 and what was not written is redelivered.
+    pub drain_timeout: Option<std::time::Duration>,
     /// Rows per batch produced by sources (default 8192, DataFusion's batch size).
     pub batch_size: Option<usize>,
     /// Sluice extension: the Pub/Sub topic where this pipeline's valves publish their state
@@ -105,10 +108,15 @@ const TRANSFORM_KEYS: &[&str] = &[
     "windowing",
     "error_handling",
 ];
+/// Default `options.drain_timeout`: within the Deployment's `terminationGracePeriodSeconds`
+/// (120 s), leaving 30 s for the last acknowledgements to be confirmed.
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 const OPTION_KEYS: &[&str] = &[
     "name",
     "streaming",
     "drain",
+    "drain_timeout",
     "batch_size",
     "control_topic",
     "gates",
@@ -291,6 +299,7 @@ fn parse_options(node: Option<&Node>, rep: &mut Reporter) -> Options {
             }
         };
     }
+    o.drain_timeout = r.duration("drain_timeout", rep);
     o.batch_size = r.u64("batch_size", rep).map(|v| v.max(1) as usize);
     o.control_topic = r.string("control_topic", rep);
     o.gates = r.string_list("gates", rep).unwrap_or_default();

@@ -34,6 +34,9 @@ pub enum EngineError {
     /// A `Check`'s valve was still closed when its input ended: held data was not passed on.
     #[error("{transform}: {message}")]
     Halted { transform: String, message: String },
+    /// A graceful stop did not finish within `options.drain_timeout`.
+    #[error("drain: {message}")]
+    DrainTimeout { message: String },
     /// `AssertEqual` or a test expectation did not hold.
     #[error("{transform}: assertion failed: {message}")]
     Assertion { transform: String, message: String },
@@ -139,6 +142,13 @@ pub trait Operator: Send {
     /// Every input ended: flush what is buffered.
     async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Every input ended because of a stop with `options.drain: keep`: windows and other
+    /// buffered state are not fired; their input must be left for redelivery
+    /// ([`crate::record::abandon`]). By default this is `on_end` (sinks flush as usual).
+    async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        self.on_end(out).await
     }
 
     /// The watermark to forward downstream for input watermark `input_wm` (operators that hold

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::graph::Graph;
 use super::operator::{EngineError, EventTime, Operator, Output, Source, SourceSink, StageStats};
 use super::valve::Valves;
+use crate::config::spec::Drain;
 use crate::record::Batch;
 
 /// Batches buffered per stage inbox. Small: a batch holds thousands of rows, and a short queue
@@ -108,6 +109,10 @@ pub struct RunControl {
     deferred: Arc<Mutex<Vec<BoxFuture<'static, ()>>>>,
     /// The run's valves: a source pauses while a valve it feeds (or a gate) is closed.
     pub valves: Arc<Valves>,
+    /// What a stop does with open windows (`options.drain`).
+    pub drain: Drain,
+    /// How long a stop may take before the run is abandoned (`options.drain_timeout`).
+    pub drain_timeout: Option<Duration>,
 }
 
 impl RunControl {
@@ -118,7 +123,21 @@ impl RunControl {
             failed: Arc::default(),
             deferred: Arc::default(),
             valves: Arc::default(),
+            drain: Drain::Flush,
+            drain_timeout: None,
         }
+    }
+
+    /// `options.drain` and `options.drain_timeout`.
+    pub fn with_drain(mut self, drain: Drain, timeout: Option<Duration>) -> Self {
+        self.drain = drain;
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// True once a stop was requested with `drain: keep`.
+    fn keeping(&self) -> bool {
+        self.drain == Drain::Keep && *self.stop.borrow()
     }
 
     /// Uses `valves` (shared with the checks, the HTTP endpoints and the control topic).
@@ -198,7 +217,7 @@ pub async fn run(
                 tasks.spawn(async move {
                     let mut op = op;
                     let res =
-                        run_operator(name, &mut op, inbox, inputs, ports, fanout, st, &failed)
+                        run_operator(name, &mut op, inbox, inputs, ports, fanout, st, &control)
                             .await;
                     // Flag the failure before the operator (and the holds it keeps) is dropped,
                     // so nothing it held is acknowledged.
@@ -211,7 +230,38 @@ pub async fn run(
             }
         }
     }
-    while let Some(res) = tasks.join_next().await {
+    let mut stop = control.stop.clone();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut watching = control.drain_timeout.is_some();
+    loop {
+        let res = tokio::select! {
+            res = tasks.join_next() => match res {
+                Some(res) => res,
+                None => break,
+            },
+            changed = stop.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                } else if *stop.borrow() {
+                    watching = false;
+                    deadline = control.drain_timeout.map(|d| tokio::time::Instant::now() + d);
+                }
+                continue;
+            }
+            _ = sleep_until(deadline) => {
+                // Out of time: what is not written yet is left for redelivery.
+                control.failed.store(true, Ordering::SeqCst);
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                control.run_deferred().await;
+                return Err(EngineError::DrainTimeout {
+                    message: format!(
+                        "the stop did not finish within {:?} (options.drain_timeout); unwritten input is left for redelivery",
+                        control.drain_timeout.unwrap_or_default()
+                    ),
+                });
+            }
+        };
         if let Err(mut e) = flatten(res) {
             // Held input must be released as "not written": flag first, then drop the stages.
             control.failed.store(true, Ordering::SeqCst);
@@ -245,6 +295,14 @@ pub async fn run(
             .zip(stats)
             .collect(),
     })
+}
+
+/// Completes at `deadline`; never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A stage's result, with a panic as an internal error.
@@ -292,6 +350,10 @@ impl SourceSink for SourceOut {
     }
 
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError> {
+        // A stop with `drain: keep` leaves open windows open: no end-of-time watermark.
+        if wm == crate::pipeline::END_OF_TIME && self.control.keeping() {
+            return Ok(());
+        }
         if wm > self.watermark {
             self.watermark = wm;
             self.stats
@@ -355,8 +417,9 @@ async fn run_operator(
     ports: usize,
     fanout: Fanout,
     stats: Arc<StageStats>,
-    failed: &AtomicBool,
+    control: &RunControl,
 ) -> Result<(), EngineError> {
+    let failed = &control.failed;
     let mut out = Output::new(ports);
     let mut input_wm = vec![EventTime::MIN; inputs];
     let mut current = EventTime::MIN;
@@ -422,7 +485,11 @@ async fn run_operator(
     if ended < inputs {
         return Err(EngineError::internal(&name, INPUT_CLOSED));
     }
-    op.on_end(&mut out).await?;
+    if control.keeping() {
+        op.on_drain_keep(&mut out).await?;
+    } else {
+        op.on_end(&mut out).await?;
+    }
     fanout.flush(&mut out, &stats).await;
     fanout.broadcast(|| Msg::End).await;
     Ok(())

@@ -32,6 +32,14 @@ impl Ackable for google_cloud_pubsub::subscriber::handler::Handler {
 pub struct MessageAcks {
     handlers: Mutex<Vec<Box<dyn Ackable>>>,
     failed: Arc<AtomicBool>,
+    /// Some output derived from these messages will never be written: nack on release.
+    abandoned: AtomicBool,
+}
+
+impl crate::record::Hold for MessageAcks {
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+    }
 }
 
 impl MessageAcks {
@@ -39,6 +47,7 @@ impl MessageAcks {
         MessageAcks {
             handlers: Mutex::new(handlers),
             failed,
+            abandoned: AtomicBool::new(false),
         }
     }
 }
@@ -49,10 +58,10 @@ impl Drop for MessageAcks {
             Ok(h) => std::mem::take(h),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
-        if self.failed.load(Ordering::SeqCst) {
+        if self.failed.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) {
             tracing::debug!(
                 messages = handlers.len(),
-                "Run failed: nacking held messages"
+                "Run failed or output kept unwritten: nacking held messages"
             );
             handlers.into_iter().for_each(|h| h.nack());
         } else {
@@ -147,6 +156,19 @@ mod tests {
         let failed = Arc::new(AtomicBool::new(false));
         let t = token(&log, &failed);
         failed.store(true, Ordering::SeqCst);
+        drop(t);
+        assert_eq!(*log.lock().unwrap(), vec!["nack", "nack"]);
+    }
+
+    #[test]
+    fn an_abandoned_hold_nacks_when_its_last_clone_is_released() {
+        let log = Arc::default();
+        let failed = Arc::new(AtomicBool::new(false));
+        let t = token(&log, &failed);
+        let copy = t.clone();
+        crate::record::abandon(std::slice::from_ref(&copy));
+        drop(copy);
+        assert!(log.lock().unwrap().is_empty());
         drop(t);
         assert_eq!(*log.lock().unwrap(), vec!["nack", "nack"]);
     }

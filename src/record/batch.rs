@@ -34,7 +34,25 @@ pub mod meta {
 /// whose `Drop` acknowledges the messages; every batch derived from that input carries a clone,
 /// so the messages are acknowledged only when the last derived batch was written by its sink
 /// (which drops it after the durable write) or filtered away.
-pub type AckToken = Arc<dyn std::any::Any + Send + Sync>;
+pub type AckToken = Arc<dyn Hold>;
+
+/// What an acknowledgement hold can be told besides being dropped.
+pub trait Hold: Send + Sync {
+    /// Something derived from this input will never be written (a window kept open by
+    /// `options.drain: keep`): release it as "not processed" (Pub/Sub: nack, so it is
+    /// redelivered) instead of acknowledging it.
+    fn abandon(&self) {}
+}
+
+/// A hold with no source behind it (tests, inline data).
+impl Hold for () {}
+
+/// Releases `acks` as not processed when their last clone drops (see [`Hold::abandon`]).
+pub fn abandon(acks: &[AckToken]) {
+    for a in acks {
+        a.abandon();
+    }
+}
 
 /// The unit of data between transforms.
 #[derive(Clone)]

@@ -6,4 +6,4 @@ pub mod json;
 pub mod rows;
 pub mod schema;
 
-pub use batch::{AckToken, Batch, meta, user_columns, with_column};
+pub use batch::{AckToken, Batch, Hold, abandon, meta, user_columns, with_column};

@@ -415,6 +415,21 @@ impl Operator for Check {
         })
     }
 
+    async fn on_drain_keep(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        // Held and pending units are left for redelivery: a new worker checks them again.
+        for u in &self.queue {
+            crate::record::abandon(&u.batch.acks);
+        }
+        for parts in self.pending.values() {
+            for b in parts {
+                crate::record::abandon(&b.acks);
+            }
+        }
+        self.queue.clear();
+        self.pending.clear();
+        Ok(())
+    }
+
     fn output_watermark(&self, input_wm: EventTime) -> EventTime {
         let mut wm = input_wm;
         if let Some(h) = self.hold {

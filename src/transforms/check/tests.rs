@@ -151,7 +151,7 @@ async fn alert_only_passes_everything_and_alerts_once_per_failing_rule() {
 async fn halt_holds_the_failing_pane_and_what_follows_and_the_watermark() {
     let mut h = Harness::new(volume_check(OnFailure::AlertAndHalt, None));
     let (first, second, third): (AckToken, AckToken, AckToken) =
-        (Arc::new(1), Arc::new(2), Arc::new(3));
+        (Arc::new(()), Arc::new(()), Arc::new(()));
     h.pane(0, 100, &first).await;
     assert_eq!(h.emitted(), vec![100]);
     assert_eq!(h.check.output_watermark(MIN), MIN);

@@ -552,6 +552,18 @@ impl Operator for Combine {
         self.on_watermark(END_OF_TIME, out).await
     }
 
+    async fn on_drain_keep(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        // Open windows are not fired: their input is nacked and the next worker reads it again.
+        let open = self.state.len();
+        for g in self.state.values() {
+            crate::record::abandon(&g.acks);
+        }
+        self.state.clear();
+        self.sessions.clear();
+        tracing::info!(transform = %self.name, windows = open, "Drain (keep): open windows left for redelivery");
+        Ok(())
+    }
+
     fn timer_interval(&self) -> Option<Duration> {
         self.windowing.early_every
     }

@@ -19,7 +19,7 @@ use crate::record::meta;
 use crate::time::Window;
 
 /// Same type as `record::Batch::acks` items (an `Arc` whose `Drop` acknowledges).
-pub type AckToken = Arc<dyn std::any::Any + Send + Sync>;
+pub use crate::record::AckToken;
 
 /// When a pane fired, as in Beam's `PaneInfo.timing` (the Int8 in `__sluice_pane_timing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
