@@ -37,7 +37,8 @@ async fn health_readiness_metrics_and_status() {
     StageStats::add(&read.rows_out, 42);
     read.watermark.store(1_767_225_600_000, Ordering::Relaxed);
     let log = Arc::new(StageStats::default());
-    StageStats::add(&log.rows_in, 42);
+    // 2 of Create's 42 records still wait in LogForTesting's inbox.
+    StageStats::add(&log.rows_in, 40);
     StageStats::add(&log.errors, 3);
     let valves = Arc::new(sluice::pipeline::valve::Valves::default());
     valves.register("VolumeCheck", sluice::pipeline::valve::ValveKind::Check);
@@ -105,6 +106,8 @@ async fn health_readiness_metrics_and_status() {
         serde_json::json!({"name": "LogForTesting", "type": "LogForTesting", "inputs": ["Create"]})
     );
     assert_eq!(v["stages"][1]["errors"], 3);
+    assert_eq!(v["stages"][0]["queued"], serde_json::Value::Null);
+    assert_eq!(v["stages"][1]["queued"], 2);
     assert_eq!(v["valves"]["VolumeCheck"]["open"], true);
     assert_eq!(v["valves"]["VolumeCheck"]["state"], "open");
     let (code, page) = request(addr, "GET", "/").await;

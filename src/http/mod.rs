@@ -28,6 +28,18 @@ pub struct Status {
     pub running: AtomicBool,
     /// The run's valves (and gates).
     pub valves: Arc<Valves>,
+    /// Per entry of `metrics.stages`: the upstream counters whose sum is what was sent to that
+    /// stage, for `queued`. `None` for sources and for stages reading a named output of a node
+    /// with several (`Partition`), whose records are not counted per output.
+    inflows: Vec<Option<Vec<Sent>>>,
+}
+
+/// One input's count of records sent: the upstream stage's `records_out` (its main output, when
+/// that is its only non-error output) or its `errors` (its error output).
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    Out(usize),
+    Errors(usize),
 }
 
 impl Status {
@@ -53,8 +65,34 @@ impl Status {
                 (n.name.clone(), n.type_name.clone(), inputs)
             })
             .collect();
+        let index = |name: &str| metrics.stages.iter().position(|(n, _)| n == name);
+        let inflows = metrics
+            .stages
+            .iter()
+            .map(|(name, _)| {
+                let node = graph.nodes.iter().find(|n| &n.name == name)?;
+                if node.inputs.is_empty() {
+                    return None;
+                }
+                node.inputs
+                    .iter()
+                    .map(|e| {
+                        let from = &graph.nodes[e.from];
+                        let i = index(&from.name)?;
+                        if Some(e.port) == from.error_port {
+                            Some(Sent::Errors(i))
+                        } else if from.ports.len() - usize::from(from.error_port.is_some()) == 1 {
+                            Some(Sent::Out(i))
+                        } else {
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         Arc::new(Status {
             graph: nodes,
+            inflows,
             running: AtomicBool::new(false),
             valves: metrics.valves.clone(),
             metrics,
@@ -74,20 +112,33 @@ impl Status {
         }
     }
 
-    /// The JSON the status page renders.
+    /// The JSON the status page renders. `queued` is what a stage's inputs sent it minus what
+    /// it took in: records waiting in its inbox or in an upstream send blocked by backpressure
+    /// (null for sources and `Partition` consumers). Counters are read one after another, the
+    /// stage's own first, so a value can include records sent since (never negative).
     pub fn snapshot(&self) -> Value {
         let now = chrono::Utc::now().timestamp_millis();
+        let sent = |s: &Sent| match *s {
+            Sent::Out(i) => self.metrics.stages[i].1.rows_out.load(Relaxed),
+            Sent::Errors(i) => self.metrics.stages[i].1.errors.load(Relaxed),
+        };
         let stages: Vec<Value> = self
             .metrics
             .stages
             .iter()
-            .map(|(name, s)| {
+            .zip(&self.inflows)
+            .map(|((name, s), inflow)| {
                 let wm = watermark_seconds(s.watermark.load(Relaxed), now);
+                let rows_in = s.rows_in.load(Relaxed);
+                let queued = inflow
+                    .as_ref()
+                    .map(|inputs| inputs.iter().map(sent).sum::<u64>().saturating_sub(rows_in));
                 json!({
                     "name": name,
-                    "records_in": s.rows_in.load(Relaxed),
+                    "records_in": rows_in,
                     "records_out": s.rows_out.load(Relaxed),
                     "errors": s.errors.load(Relaxed),
+                    "queued": queued,
                     "dead_letter_rate": s.dead_letter_rate(),
                     "watermark": wm.map(|w| w.0),
                     "watermark_lag_seconds": wm.map(|w| w.1),
