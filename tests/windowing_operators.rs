@@ -59,6 +59,7 @@ fn combine(windowing: Windowing) -> Combine {
         }],
         windowing,
         errors,
+        Arc::default(),
     )
 }
 
