@@ -280,13 +280,16 @@ impl SourceSink for SourceOut {
     async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError> {
         // A closed valve downstream: stop here, so nothing more is read until it reopens.
         let mut stop = self.control.stop.clone();
+        let paused = self.control.valves.blocks(&self.pausing);
         let waited = std::time::Instant::now();
         self.control
             .valves
             .wait_flowing(&self.pausing, &mut stop)
             .await;
         let source = self.stats.source();
-        source.add_paused(waited.elapsed());
+        if paused {
+            source.add_paused(waited.elapsed());
+        }
         if Some(port) != self.fanout.error_port {
             StageStats::add(&self.stats.rows_out, batch.num_rows());
         }
