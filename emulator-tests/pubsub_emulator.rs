@@ -55,6 +55,24 @@ async fn pull_all(conn: &Connection, name: &str, idle: Duration) -> Vec<Message>
     got
 }
 
+/// Polls `url` every 100 ms (for at most 30 s) until its body satisfies `done`; returns it.
+async fn scrape_until(url: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && let Ok(body) = r.text().await
+            && done(&body)
+        {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} did not show the expected values in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn sorted_by_id(mut v: Vec<Value>) -> Vec<Value> {
     v.sort_by_key(|r| r["id"].as_i64());
     v
@@ -174,7 +192,68 @@ pipeline:
     )
     .await;
 
-    let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", p, "--until-idle", "3s", "--http", &addr])
+        .env("PUBSUB_EMULATOR_HOST", host(&conn))
+        .env("GOOGLE_CLOUD_PROJECT", PROJECT)
+        .env("RUST_LOG", "sluice=info")
+        .env_remove("SLUICE_STATUS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sluice binary runs");
+    // While idle before the end, the file sinks still hold every batch (files are complete only
+    // at the end), so all five messages are received and none acknowledged yet.
+    let metrics = scrape_until(&format!("http://{addr}/metrics"), |m| {
+        m.contains("sluice_source_messages_received_total{pipeline=\"p\",transform=\"Read\"} 5\n")
+    })
+    .await;
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} in:\n{metrics}"))
+    };
+    let (read, publish) = (
+        "{pipeline=\"p\",transform=\"Read\"}",
+        "{pipeline=\"p\",transform=\"Publish\"}",
+    );
+    assert_eq!(
+        value(&format!("sluice_source_messages_acked_total{read}")),
+        0.0
+    );
+    assert_eq!(
+        value(&format!("sluice_source_messages_nacked_total{read}")),
+        0.0
+    );
+    assert_eq!(
+        value(&format!("sluice_source_messages_outstanding{read}")),
+        5.0
+    );
+    assert!(value(&format!("sluice_source_oldest_unacked_age_seconds{read}")) >= 0.0);
+    assert!(value(&format!("sluice_source_throttled_seconds_total{read}")) >= 0.0);
+    assert_eq!(
+        value(&format!("sluice_source_paused_seconds_total{read}")),
+        0.0
+    );
+    // One publish round per batch with good rows (the five may arrive in more than one).
+    assert!(
+        value(&format!(
+            "sluice_sink_write_duration_seconds_count{publish}"
+        )) >= 1.0
+    );
+    assert_eq!(value(&format!("sluice_sink_retries_total{publish}")), 0.0);
+    assert_eq!(value(&format!("sluice_sink_failures_total{publish}")), 0.0);
+    let out = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output())
+        .await
+        .expect("sluice exits")
+        .expect("output");
     assert!(out.status.success(), "{}", show(&out));
 
     let expected = json!([

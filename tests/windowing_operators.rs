@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use sluice::config::components::{AggFn, CombineField, WatermarkSpec};
 use sluice::config::{ExprKind, ExprSpec, Pos, WindowKind, Windowing};
 use sluice::pipeline::operator::{END_OF_TIME, ErrorRoute, Operator, Output, StageStats};
+use sluice::pipeline::stats::WindowStats;
 use sluice::record::{Batch, meta};
 use sluice::transforms::window::assign_timestamps::AssignTimestamps;
 use sluice::transforms::window::combine::Combine;
@@ -47,6 +48,10 @@ fn batch(rows: &[(&str, i64, i64)]) -> Batch {
 }
 
 fn combine(windowing: Windowing) -> Combine {
+    combine_with_stats(windowing, Arc::default())
+}
+
+fn combine_with_stats(windowing: Windowing, stats: Arc<WindowStats>) -> Combine {
     let errors = ErrorRoute::new("Sum", None, Arc::new(StageStats::default()));
     Combine::new(
         "p",
@@ -59,6 +64,7 @@ fn combine(windowing: Windowing) -> Combine {
         }],
         windowing,
         errors,
+        stats,
     )
 }
 
@@ -293,4 +299,40 @@ async fn idle_source_advances_the_watermark_to_the_max_event_time() {
         stamped[0].event_times().unwrap().values(),
         &[100_000, 90_000]
     );
+}
+
+/// `sluice_window_groups` / `sluice_window_state_bytes`: one group per (window, key) held, each
+/// of this layout (one-letter key, one Sum, no holds) the same estimated size; both fall back as
+/// windows expire.
+#[tokio::test]
+async fn window_state_gauges_follow_the_groups_held() {
+    let stats: Arc<WindowStats> = Arc::default();
+    let read = |s: &WindowStats| {
+        (
+            s.groups.load(std::sync::atomic::Ordering::Relaxed),
+            s.state_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let windowing = Windowing {
+        early_every: None,
+        ..fixed(false)
+    };
+    let mut c = combine_with_stats(windowing, stats.clone());
+    let mut out = Output::new(1);
+    c.process(0, batch(&[("a", 1, 1_000), ("a", 2, 2_000)]), &mut out)
+        .await
+        .unwrap();
+    let (groups, one) = read(&stats);
+    assert_eq!(groups, 1);
+    assert!(one > 0);
+    c.process(0, batch(&[("b", 2, 2_000), ("a", 3, 61_000)]), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(read(&stats), (3, 3 * one));
+    // The first window fires and, with no allowed lateness, its state is dropped.
+    c.on_watermark(60_000, &mut out).await.unwrap();
+    assert_eq!(panes(&mut out).len(), 2);
+    assert_eq!(read(&stats), (1, one));
+    c.on_end(&mut out).await.unwrap();
+    assert_eq!(read(&stats), (0, 0));
 }

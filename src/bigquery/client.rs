@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::stats::SinkStats;
+
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::client_builder::ClientBuilder;
@@ -184,9 +186,23 @@ pub const MAX_ELAPSED: Duration = Duration::from_secs(600);
 ///
 /// # Errors
 /// The last error.
-pub async fn with_retries<T, F, Fut>(
+pub async fn with_retries<T, F, Fut>(what: &str, max_elapsed: Duration, op: F) -> Result<T, BqError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BqError>>,
+{
+    with_retries_counted(what, max_elapsed, None, op).await
+}
+
+/// [`with_retries`] for a sink's writes: each attempt's duration, each failed attempt and each
+/// retry are counted into `stats`.
+///
+/// # Errors
+/// The last error.
+pub async fn with_retries_counted<T, F, Fut>(
     what: &str,
     max_elapsed: Duration,
+    stats: Option<&SinkStats>,
     mut op: F,
 ) -> Result<T, BqError>
 where
@@ -196,10 +212,21 @@ where
     let start = tokio::time::Instant::now();
     let mut delay = FIRST_BACKOFF;
     loop {
-        match op().await {
+        let attempt = std::time::Instant::now();
+        let result = op().await;
+        if let Some(s) = stats {
+            s.observe_write(attempt);
+            if result.is_err() {
+                s.failed();
+            }
+        }
+        match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() && start.elapsed() + delay <= max_elapsed => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Retrying BigQuery {what}");
+                if let Some(s) = stats {
+                    s.retried();
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
@@ -245,6 +272,28 @@ mod tests {
         assert_eq!(r.unwrap(), 4);
         // 200 + 400 + 800 ms of backoff.
         assert!(start.elapsed() >= Duration::from_millis(1400));
+    }
+
+    #[tokio::test]
+    async fn counts_attempts_failures_and_retries() {
+        let stats = SinkStats::default();
+        let mut calls = 0;
+        let r: Result<u32, BqError> =
+            with_retries_counted("test", MAX_ELAPSED, Some(&stats), || {
+                calls += 1;
+                let c = calls;
+                async move { if c < 3 { Err(status(503)) } else { Ok(c) } }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!((stats.failures(), stats.retries()), (2, 2));
+        let r: Result<(), BqError> =
+            with_retries_counted("test", MAX_ELAPSED, Some(&stats), || async {
+                Err(status(400))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!((stats.failures(), stats.retries()), (3, 2));
     }
 
     #[tokio::test]

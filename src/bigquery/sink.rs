@@ -23,11 +23,12 @@ use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAl
 use gcp_bigquery_client::model::table_data_insert_all_request_rows::TableDataInsertAllRequestRows;
 use serde_json::{Map, Value};
 
-use super::client::{self, BqError, MAX_ELAPSED, with_retries};
+use super::client::{self, BqError, MAX_ELAPSED, with_retries_counted};
 use super::config::{CreateDisposition, WriteConfig, WriteDisposition};
 use super::schema::{self, SLUICE_ID};
 use super::table::{self, Layout, Target};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
+use crate::pipeline::stats::SinkStats;
 use crate::record::Batch;
 use crate::record::meta;
 use crate::record::rows::to_json_rows;
@@ -58,6 +59,8 @@ impl WriteToBigQuery {
         errors: ErrorRoute,
         stats: Arc<StageStats>,
     ) -> Self {
+        // Created when built, so `/metrics` shows the sink's families from the start.
+        stats.sink();
         WriteToBigQuery {
             name: name.to_string(),
             pipeline: pipeline.to_string(),
@@ -208,10 +211,13 @@ pub fn insert_ids(
 type Chunk = Vec<(usize, String, Map<String, Value>)>;
 
 /// Sends one chunk until every row is stored or rejected; returns the rejected rows' messages.
+/// Requests and their retries (whole requests, and rows BigQuery asked to resend) are counted
+/// into `stats`.
 async fn insert_chunk(
     client: &Client,
     target: &Target,
     mut chunk: Chunk,
+    stats: &SinkStats,
 ) -> Result<Vec<(usize, String)>, BqError> {
     let mut rejected = Vec::new();
     let start = tokio::time::Instant::now();
@@ -231,9 +237,10 @@ async fn insert_chunk(
             r.add_rows(rows).map_err(BqError::Other)?;
             r
         };
-        let resp = with_retries(
+        let resp = with_retries_counted(
             "insertAll",
             MAX_ELAPSED.saturating_sub(start.elapsed()),
+            Some(stats),
             || {
                 let req = request.clone();
                 async move {
@@ -287,6 +294,8 @@ async fn insert_chunk(
         if retry.is_empty() {
             return Ok(rejected);
         }
+        // Rows not stored for a transient reason: a failed attempt for them.
+        stats.failed();
         if start.elapsed() >= MAX_ELAPSED {
             return Err(BqError::Job(format!(
                 "{} rows were not stored after retrying for {:?}",
@@ -296,6 +305,7 @@ async fn insert_chunk(
         }
         retry.sort_unstable();
         chunk = retry.into_iter().map(|p| chunk[p].clone()).collect();
+        stats.retried();
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
@@ -327,8 +337,9 @@ impl Operator for WriteToBigQuery {
             }
             chunks.last_mut().expect("pushed above").push((i, id, row));
         }
+        let sink = self.stats.sink().clone();
         let results: Vec<Result<Vec<(usize, String)>, BqError>> = futures::stream::iter(chunks)
-            .map(|chunk| insert_chunk(&c, &target, chunk))
+            .map(|chunk| insert_chunk(&c, &target, chunk, &sink))
             .buffer_unordered(self.cfg.num_streams)
             .collect()
             .await;

@@ -190,7 +190,7 @@ impl WriteToCsv {
             },
         );
         WriteToCsv {
-            files: ShardedFiles::new(name, path, shards, open),
+            files: ShardedFiles::new(name, path, shards, open, stats.sink().clone()),
             stats,
         }
     }

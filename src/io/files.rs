@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output, SourceSink};
+use crate::pipeline::stats::SinkStats;
 use crate::record::Batch;
 
 /// Files matching `pattern` (a path or a glob), sorted.
@@ -134,10 +135,19 @@ pub struct ShardedFiles {
     /// Acknowledgement holds of the rows written so far: released only when the files are
     /// complete (renamed), since before that the rows are not durably visible.
     held: Vec<crate::record::AckToken>,
+    /// Each batch written and the final flush are timed; failures counted (file sinks do not
+    /// retry).
+    stats: std::sync::Arc<SinkStats>,
 }
 
 impl ShardedFiles {
-    pub fn new(transform: &str, prefix: &str, num_shards: usize, open: Box<OpenWriter>) -> Self {
+    pub fn new(
+        transform: &str,
+        prefix: &str,
+        num_shards: usize,
+        open: Box<OpenWriter>,
+        stats: std::sync::Arc<SinkStats>,
+    ) -> Self {
         ShardedFiles {
             transform: transform.to_string(),
             prefix: prefix.to_string(),
@@ -145,7 +155,22 @@ impl ShardedFiles {
             next: 0,
             open,
             held: Vec::new(),
+            stats,
         }
+    }
+
+    /// Runs one write to the files, timing it and counting a failure.
+    fn timed<T>(
+        &mut self,
+        write: impl FnOnce(&mut Self) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let started = std::time::Instant::now();
+        let res = write(self);
+        self.stats.observe_write(started);
+        if res.is_err() {
+            self.stats.failed();
+        }
+        res
     }
 
     pub fn shard_path(prefix: &str, shard: usize, of: usize) -> PathBuf {
@@ -191,6 +216,10 @@ impl ShardedFiles {
         if rows.num_rows() == 0 {
             return Ok(());
         }
+        self.timed(|files| files.write_shard(rows))
+    }
+
+    fn write_shard(&mut self, rows: &RecordBatch) -> Result<(), EngineError> {
         let shard = self.next;
         self.next = (self.next + 1) % self.shards.len();
         self.ensure(shard)?;
@@ -204,6 +233,10 @@ impl ShardedFiles {
 
     /// Finishes every shard (empty shards become empty files) and returns the paths written.
     pub fn finish(&mut self) -> Result<Vec<PathBuf>, EngineError> {
+        self.timed(Self::finish_shards)
+    }
+
+    fn finish_shards(&mut self) -> Result<Vec<PathBuf>, EngineError> {
         let mut written = Vec::new();
         for shard in 0..self.shards.len() {
             self.ensure(shard)?;

@@ -138,7 +138,7 @@ impl WriteToJson {
             },
         );
         WriteToJson {
-            files: ShardedFiles::new(name, path, shards, open),
+            files: ShardedFiles::new(name, path, shards, open, stats.sink().clone()),
             stats,
         }
     }

@@ -110,7 +110,7 @@ impl WriteToParquet {
             },
         );
         WriteToParquet {
-            files: ShardedFiles::new(name, path, shards, open),
+            files: ShardedFiles::new(name, path, shards, open, stats.sink().clone()),
             stats,
         }
     }

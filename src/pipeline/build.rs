@@ -230,18 +230,25 @@ pub fn build(
                     errors,
                 }))
             }
-            TransformConfig::ReadFromPubSub(c) => Stage::Source(Box::new(
-                crate::pubsub::ReadFromPubSub::new(name, c, batch_size, errors, ports),
-            )),
+            TransformConfig::ReadFromPubSub(c) => {
+                Stage::Source(Box::new(crate::pubsub::ReadFromPubSub::new(
+                    name,
+                    c,
+                    batch_size,
+                    errors,
+                    ports,
+                    st.acks().clone(),
+                )))
+            }
             TransformConfig::WriteToPubSub(c) => Stage::Operator(Box::new(
-                crate::pubsub::WriteToPubSub::new(name, &spec.name, c, errors),
+                crate::pubsub::WriteToPubSub::new(name, &spec.name, c, errors, st.sink().clone()),
             )),
             TransformConfig::AssignTimestamps { .. }
             | TransformConfig::WindowInto { .. }
             | TransformConfig::Combine { .. }
             | TransformConfig::ExtractWindowingInfo { .. }
             | TransformConfig::Deduplicate { .. } => {
-                transforms::window::build(spec, graph, node, errors)?
+                transforms::window::build(spec, graph, node, errors, &st)?
             }
             TransformConfig::Sql { query } => Stage::Operator(Box::new(transforms::sql::Sql::new(
                 &query.value,

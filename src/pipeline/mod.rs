@@ -6,6 +6,7 @@ pub mod check;
 pub mod graph;
 pub mod operator;
 pub mod runner;
+pub mod stats;
 pub mod valve;
 
 pub use graph::{Graph, Node};

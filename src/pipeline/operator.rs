@@ -2,12 +2,13 @@
 //! emits into.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 
+use super::stats::{AckStats, SinkStats, SourceStats, WindowStats};
 use crate::record::Batch;
 
 /// Event time in milliseconds since the epoch; `i64::MAX` is the end of time.
@@ -229,6 +230,13 @@ pub struct StageStats {
     /// The dead-letter rate over the alarm window, as `f64` bits; NaN until
     /// `alerts::dead_letter` measured it (only transforms with an error output are measured).
     pub dead_letter_rate: AtomicU64,
+    /// Set for sources (by the runner), sinks, acknowledging sources and windowed
+    /// aggregations (through the methods of the same name); `/metrics` reads them with `get()`
+    /// and exports a family only for the stages that have it.
+    pub source: OnceLock<Arc<SourceStats>>,
+    pub acks: OnceLock<Arc<AckStats>>,
+    pub sink: OnceLock<Arc<SinkStats>>,
+    pub window: OnceLock<Arc<WindowStats>>,
 }
 
 impl Default for StageStats {
@@ -248,6 +256,10 @@ impl Default for StageStats {
             unhandled_examples: Mutex::default(),
             outputs: Mutex::default(),
             dead_letter_rate: AtomicU64::new(f64::NAN.to_bits()),
+            source: OnceLock::new(),
+            acks: OnceLock::new(),
+            sink: OnceLock::new(),
+            window: OnceLock::new(),
         }
     }
 }
@@ -266,6 +278,26 @@ impl StageStats {
     pub fn set_dead_letter_rate(&self, rate: f64) {
         self.dead_letter_rate
             .store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// This stage's source counters, created on first use (the runner does, for every source).
+    pub fn source(&self) -> &Arc<SourceStats> {
+        self.source.get_or_init(Arc::default)
+    }
+
+    /// Message acknowledgement counters, created by a source that acknowledges its input.
+    pub fn acks(&self) -> &Arc<AckStats> {
+        self.acks.get_or_init(Arc::default)
+    }
+
+    /// Write counters, created by a sink when it is built.
+    pub fn sink(&self) -> &Arc<SinkStats> {
+        self.sink.get_or_init(Arc::default)
+    }
+
+    /// Window state gauges, created by a windowed aggregation when it is built.
+    pub fn window(&self) -> &Arc<WindowStats> {
+        self.window.get_or_init(Arc::default)
     }
 }
 

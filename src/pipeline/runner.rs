@@ -338,14 +338,23 @@ impl SourceSink for SourceOut {
     async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError> {
         // A closed valve downstream: stop here, so nothing more is read until it reopens.
         let mut stop = self.control.stop.clone();
+        let paused = self.control.valves.blocks(&self.pausing);
+        let waited = std::time::Instant::now();
         self.control
             .valves
             .wait_flowing(&self.pausing, &mut stop)
             .await;
+        let source = self.stats.source();
+        if paused {
+            source.add_paused(waited.elapsed());
+        }
         if Some(port) != self.fanout.error_port {
             StageStats::add(&self.stats.rows_out, batch.num_rows());
         }
+        // A full inbox downstream makes `send` wait: that wait is backpressure.
+        let sending = std::time::Instant::now();
         self.fanout.send(port, batch).await;
+        source.add_throttled(sending.elapsed());
         Ok(())
     }
 
@@ -396,6 +405,8 @@ async fn run_source(
     control: RunControl,
     pausing: Vec<String>,
 ) -> Result<(), EngineError> {
+    // Created before the first batch, so `/metrics` shows the source's families from the start.
+    stats.source();
     let mut out = SourceOut {
         fanout,
         stats,

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::pipeline::EventTime;
+use crate::pipeline::stats::AckStats;
 
 /// Something that can be acknowledged or rejected once: a message handler of the client library
 /// (a trait so the bookkeeping is tested without a server).
@@ -28,12 +29,17 @@ impl Ackable for google_cloud_pubsub::subscriber::handler::Handler {
     }
 }
 
-/// The acknowledgement hold of one emitted batch of messages.
+/// The acknowledgement hold of one emitted batch of messages. It also keeps the source's
+/// message counters: received when created, acknowledged or nacked (by the batch's size) when
+/// released, and the batch's receive time until then (for the oldest unacknowledged age).
 pub struct MessageAcks {
     handlers: Mutex<Vec<Box<dyn Ackable>>>,
     failed: Arc<AtomicBool>,
     /// Some output derived from these messages will never be written: nack on release.
     abandoned: AtomicBool,
+    stats: Arc<AckStats>,
+    /// The batch's key in `stats` (its receive time).
+    received: EventTime,
 }
 
 impl crate::record::Hold for MessageAcks {
@@ -43,11 +49,20 @@ impl crate::record::Hold for MessageAcks {
 }
 
 impl MessageAcks {
-    pub fn new(handlers: Vec<Box<dyn Ackable>>, failed: Arc<AtomicBool>) -> Self {
+    /// Holds `handlers`, received at `received_ms` (when the batch's first message arrived).
+    pub fn new(
+        handlers: Vec<Box<dyn Ackable>>,
+        failed: Arc<AtomicBool>,
+        stats: Arc<AckStats>,
+        received_ms: EventTime,
+    ) -> Self {
+        let received = stats.received(handlers.len(), received_ms);
         MessageAcks {
             handlers: Mutex::new(handlers),
             failed,
             abandoned: AtomicBool::new(false),
+            stats,
+            received,
         }
     }
 }
@@ -58,14 +73,17 @@ impl Drop for MessageAcks {
             Ok(h) => std::mem::take(h),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
+        let n = handlers.len();
         if self.failed.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) {
             tracing::debug!(
-                messages = handlers.len(),
+                messages = n,
                 "Run failed or output kept unwritten: nacking held messages"
             );
             handlers.into_iter().for_each(|h| h.nack());
+            self.stats.released(self.received, n, false);
         } else {
             handlers.into_iter().for_each(|h| h.ack());
+            self.stats.released(self.received, n, true);
         }
     }
 }
@@ -132,10 +150,53 @@ mod tests {
         log: &Arc<Mutex<Vec<&'static str>>>,
         failed: &Arc<AtomicBool>,
     ) -> crate::record::AckToken {
+        counted_token(log, failed, &Arc::default(), 0, 2)
+    }
+
+    fn counted_token(
+        log: &Arc<Mutex<Vec<&'static str>>>,
+        failed: &Arc<AtomicBool>,
+        stats: &Arc<AckStats>,
+        received_ms: EventTime,
+        messages: usize,
+    ) -> crate::record::AckToken {
         Arc::new(MessageAcks::new(
-            vec![Box::new(Probe(log.clone())), Box::new(Probe(log.clone()))],
+            (0..messages)
+                .map(|_| Box::new(Probe(log.clone())) as Box<dyn Ackable>)
+                .collect(),
             failed.clone(),
+            stats.clone(),
+            received_ms,
         ))
+    }
+
+    #[test]
+    fn counts_messages_per_released_batch() {
+        let log = Arc::default();
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats: Arc<AckStats> = Arc::default();
+        let first = counted_token(&log, &failed, &stats, 1_000, 3);
+        let second = counted_token(&log, &failed, &stats, 2_000, 2);
+        let held = first.clone();
+        assert_eq!(stats.counts().received, 5);
+        assert_eq!(stats.counts().outstanding, 5);
+        assert_eq!(stats.oldest_unacked_seconds(5_000), 4.0);
+        drop(first);
+        assert_eq!(
+            stats.counts().outstanding,
+            5,
+            "a clone still holds the batch"
+        );
+        drop(second);
+        let c = stats.counts();
+        assert_eq!((c.acked, c.nacked, c.outstanding), (2, 0, 3));
+        assert_eq!(stats.oldest_unacked_seconds(5_000), 4.0);
+        failed.store(true, Ordering::SeqCst);
+        drop(held);
+        let c = stats.counts();
+        assert_eq!((c.received, c.acked, c.nacked, c.outstanding), (5, 2, 3, 0));
+        assert_eq!(stats.oldest_unacked_seconds(5_000), 0.0);
+        assert_eq!(log.lock().unwrap().len(), 5);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! acknowledges nothing).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
@@ -18,7 +19,9 @@ use google_cloud_pubsub::model::Message;
 use super::client::{Connection, PubSubError};
 use super::config::{Format, WriteConfig};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
+use crate::pipeline::stats::SinkStats;
 use crate::record::{Batch, meta};
+use crate::sinks::retry::Backoff;
 
 /// The attribute that carries every published row's deterministic id (SPEC §4).
 pub const ID_ATTRIBUTE: &str = "sluice_id";
@@ -42,10 +45,17 @@ pub struct WriteToPubSub {
     errors: ErrorRoute,
     conn: Connection,
     publisher: Option<Publisher>,
+    stats: Arc<SinkStats>,
 }
 
 impl WriteToPubSub {
-    pub fn new(name: &str, pipeline: &str, cfg: &WriteConfig, errors: ErrorRoute) -> Self {
+    pub fn new(
+        name: &str,
+        pipeline: &str,
+        cfg: &WriteConfig,
+        errors: ErrorRoute,
+        stats: Arc<SinkStats>,
+    ) -> Self {
         WriteToPubSub {
             name: name.to_string(),
             pipeline: pipeline.to_string(),
@@ -53,6 +63,7 @@ impl WriteToPubSub {
             errors,
             conn: Connection::from_env(),
             publisher: None,
+            stats,
         }
     }
 
@@ -80,16 +91,20 @@ impl WriteToPubSub {
         msgs: Vec<Message>,
     ) -> Result<(), EngineError> {
         let mut todo = msgs;
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=MAX_ATTEMPTS {
+        let mut backoff = Backoff::with_schedule(FIRST_BACKOFF, MAX_BACKOFF, MAX_ATTEMPTS)
+            .counting(self.stats.clone());
+        loop {
+            let started = std::time::Instant::now();
             let futures: Vec<_> = todo.iter().map(|m| publisher.publish(m.clone())).collect();
             let results = futures::future::join_all(futures).await;
+            self.stats.observe_write(started);
             let mut retry = Vec::new();
             let mut last: Option<PubSubError> = None;
             for (m, r) in todo.into_iter().zip(results) {
                 if let Err(e) = r {
                     let e = PubSubError::Publish(e);
                     if !e.is_retryable() {
+                        backoff.fail_permanently();
                         return Err(EngineError::external(
                             &self.name,
                             format!("publishing to {} failed", self.cfg.topic.value),
@@ -104,7 +119,7 @@ impl WriteToPubSub {
                 }
             }
             let Some(e) = last else { return Ok(()) };
-            if attempt == MAX_ATTEMPTS {
+            let Some(delay) = backoff.next_delay() else {
                 return Err(EngineError::external(
                     &self.name,
                     format!(
@@ -113,13 +128,12 @@ impl WriteToPubSub {
                     ),
                     e,
                 ));
-            }
+            };
+            let attempt = backoff.attempts();
             tracing::warn!(transform = %self.name, failed = retry.len(), attempt, error = %e, "Publish failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(delay).await;
             todo = retry;
         }
-        Ok(())
     }
 }
 

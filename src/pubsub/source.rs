@@ -20,6 +20,7 @@ use super::client::{Connection, PubSubError};
 use super::config::{ReadConfig, ReadFrom};
 use super::decode::{Incoming, MessageDecoder};
 use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink};
+use crate::pipeline::stats::AckStats;
 use crate::record::{AckToken, Batch};
 
 /// How often an idle source wakes to check for stop requests, idleness and `--until-idle`.
@@ -36,6 +37,7 @@ pub struct ReadFromPubSub {
     errors: ErrorRoute,
     ports: usize,
     conn: Connection,
+    acks: Arc<AckStats>,
 }
 
 impl ReadFromPubSub {
@@ -45,6 +47,7 @@ impl ReadFromPubSub {
         batch_size: usize,
         errors: ErrorRoute,
         ports: usize,
+        acks: Arc<AckStats>,
     ) -> Self {
         ReadFromPubSub {
             name: name.to_string(),
@@ -53,6 +56,7 @@ impl ReadFromPubSub {
             errors,
             ports,
             conn: Connection::from_env(),
+            acks,
         }
     }
 
@@ -105,11 +109,12 @@ impl ReadFromPubSub {
         }
     }
 
-    /// Decodes and emits one batch of messages with its acknowledgement hold.
+    /// Decodes and emits one batch of messages (the first received at `received_ms`) with its
+    /// acknowledgement hold.
     async fn emit(
         &self,
         decoder: &mut MessageDecoder,
-        pending: Vec<(Incoming, Handler)>,
+        (pending, received_ms): (Vec<(Incoming, Handler)>, i64),
         failed: &Arc<std::sync::atomic::AtomicBool>,
         watermark: &mut Watermark,
         sink: &mut dyn SourceSink,
@@ -124,6 +129,8 @@ impl ReadFromPubSub {
                 .map(|h| Box::new(h) as Box<dyn Ackable>)
                 .collect(),
             failed.clone(),
+            self.acks.clone(),
+            received_ms,
         ));
         let (rows, bad) = decoder.decode(&msgs);
         let mut out = Output::new(self.ports);
@@ -227,6 +234,7 @@ impl Source for ReadFromPubSub {
         let mut last_message = Instant::now();
         let mut pending: Vec<(Incoming, Handler)> = Vec::new();
         let mut batch_started = Instant::now();
+        let mut batch_started_ms = 0;
         tracing::info!(subscription = %path, transform = %self.name, "Pulling");
         let result: Result<(), EngineError> = loop {
             if sink.stopping() {
@@ -242,12 +250,13 @@ impl Source for ReadFromPubSub {
                 Ok(Some(Ok((m, h)))) => {
                     if pending.is_empty() {
                         batch_started = Instant::now();
+                        batch_started_ms = chrono::Utc::now().timestamp_millis();
                     }
                     last_message = Instant::now();
                     let attempt = h.delivery_attempt();
                     pending.push((Incoming::from_message(m, attempt), h));
                     if pending.len() >= self.batch_size {
-                        let batch = std::mem::take(&mut pending);
+                        let batch = (std::mem::take(&mut pending), batch_started_ms);
                         if let Err(e) = self
                             .emit(&mut decoder, batch, &failed, &mut watermark, sink)
                             .await
@@ -268,7 +277,7 @@ impl Source for ReadFromPubSub {
                 Ok(None) => break Ok(()),
                 Err(_elapsed) => {
                     if !pending.is_empty() {
-                        let batch = std::mem::take(&mut pending);
+                        let batch = (std::mem::take(&mut pending), batch_started_ms);
                         if let Err(e) = self
                             .emit(&mut decoder, batch, &failed, &mut watermark, sink)
                             .await
@@ -305,11 +314,14 @@ impl Source for ReadFromPubSub {
             }
         };
         if result.is_ok() && !pending.is_empty() {
-            let batch = std::mem::take(&mut pending);
+            let batch = (std::mem::take(&mut pending), batch_started_ms);
             self.emit(&mut decoder, batch, &failed, &mut watermark, sink)
                 .await?;
         }
         // Messages pulled but not emitted are nacked when their handlers drop.
+        if !pending.is_empty() {
+            self.acks.nacked_unbatched(pending.len());
+        }
         drop(pending);
         result?;
         sink.watermark(END_OF_TIME).await?;

@@ -1,12 +1,16 @@
 //! Every metric Sluice exports, in one place. Names are `sluice_<what>_<unit>`, labelled by
 //! `pipeline` and `transform`. Values are read from the stages' counters at scrape time (a
-//! Prometheus collector), so the hot path only bumps atomics once per batch.
+//! Prometheus collector), so the hot path only bumps atomics once per batch. Source, sink and
+//! window families are exported for the stages that have those counters
+//! (`pipeline::stats`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -30,6 +34,18 @@ pub const ALERTS_SENT: &str = "sluice_alerts_sent";
 pub const ALERTS_FAILED: &str = "sluice_alerts_failed";
 pub const ALERTS_SUPPRESSED: &str = "sluice_alerts_suppressed";
 pub const ALERTS_DROPPED: &str = "sluice_alerts_dropped";
+pub const SOURCE_MESSAGES_RECEIVED: &str = "sluice_source_messages_received";
+pub const SOURCE_MESSAGES_ACKED: &str = "sluice_source_messages_acked";
+pub const SOURCE_MESSAGES_NACKED: &str = "sluice_source_messages_nacked";
+pub const SOURCE_MESSAGES_OUTSTANDING: &str = "sluice_source_messages_outstanding";
+pub const SOURCE_OLDEST_UNACKED_AGE: &str = "sluice_source_oldest_unacked_age_seconds";
+pub const SOURCE_THROTTLED: &str = "sluice_source_throttled_seconds";
+pub const SOURCE_PAUSED: &str = "sluice_source_paused_seconds";
+pub const WINDOW_GROUPS: &str = "sluice_window_groups";
+pub const WINDOW_STATE_BYTES: &str = "sluice_window_state_bytes";
+pub const SINK_WRITE_DURATION: &str = "sluice_sink_write_duration_seconds";
+pub const SINK_RETRIES: &str = "sluice_sink_retries";
+pub const SINK_FAILURES: &str = "sluice_sink_failures";
 
 /// What `/metrics` reads.
 #[derive(Debug, Clone)]
@@ -55,12 +71,28 @@ impl PipelineMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(self: &Arc<Self>) -> String {
+        self.render_at(chrono::Utc::now().timestamp_millis())
+    }
+
+    /// [`render`](Self::render) with the wall clock at `now_ms` (ages and lags are measured
+    /// against it).
+    pub fn render_at(self: &Arc<Self>, now_ms: i64) -> String {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(self.clone()));
+        registry.register_collector(Box::new(At(self.clone(), now_ms)));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// The metrics as read at a given wall-clock time (ms).
+#[derive(Debug)]
+struct At(Arc<PipelineMetrics>, i64);
+
+impl Collector for At {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode_at(encoder, self.1)
     }
 }
 
@@ -101,6 +133,149 @@ impl PipelineMetrics {
     }
 }
 
+impl PipelineMetrics {
+    /// A counter family with one series per stage `read` returns a value for.
+    fn counter<N: EncodeCounterValue>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help): (&str, &str),
+        read: impl Fn(&StageStats) -> Option<N>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (transform, stats) in &self.stages {
+            if let Some(v) = read(stats) {
+                ConstCounter::new(v).encode(family.encode_family(&self.labels(transform))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A gauge family with one series per stage `read` returns a value for.
+    fn gauge<N: EncodeGaugeValue>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help): (&str, &str),
+        read: impl Fn(&StageStats) -> Option<N>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (transform, stats) in &self.stages {
+            if let Some(v) = read(stats) {
+                ConstGauge::new(v).encode(family.encode_family(&self.labels(transform))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sources (every source; message counts for those that acknowledge), sinks, windows.
+    fn encode_stage_kinds(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        now_ms: i64,
+    ) -> Result<(), std::fmt::Error> {
+        let acks = |s: &StageStats| s.acks.get().map(|a| a.counts());
+        self.counter(
+            encoder,
+            (
+                SOURCE_MESSAGES_RECEIVED,
+                "Messages a source pulled (counted when they form a batch).",
+            ),
+            |s| acks(s).map(|c| c.received),
+        )?;
+        self.counter(
+            encoder,
+            (
+                SOURCE_MESSAGES_ACKED,
+                "Messages acknowledged: everything derived from them was written.",
+            ),
+            |s| acks(s).map(|c| c.acked),
+        )?;
+        self.counter(
+            encoder,
+            (
+                SOURCE_MESSAGES_NACKED,
+                "Messages nacked (redelivered) because the run failed or stopped first.",
+            ),
+            |s| acks(s).map(|c| c.nacked),
+        )?;
+        self.gauge(
+            encoder,
+            (
+                SOURCE_MESSAGES_OUTSTANDING,
+                "Messages received and not yet acknowledged or nacked.",
+            ),
+            |s| acks(s).map(|c| c.outstanding),
+        )?;
+        self.gauge(
+            encoder,
+            (
+                SOURCE_OLDEST_UNACKED_AGE,
+                "Seconds since the oldest message not yet acknowledged was received (0 if none).",
+            ),
+            |s| s.acks.get().map(|a| a.oldest_unacked_seconds(now_ms)),
+        )?;
+        self.counter(
+            encoder,
+            (
+                SOURCE_THROTTLED,
+                "Seconds a source waited to hand batches to full downstream inboxes (backpressure).",
+            ),
+            |s| s.source.get().map(|x| x.throttled_seconds()),
+        )?;
+        self.counter(
+            encoder,
+            (
+                SOURCE_PAUSED,
+                "Seconds a source waited for a closed valve or gate to open.",
+            ),
+            |s| s.source.get().map(|x| x.paused_seconds()),
+        )?;
+        self.gauge(
+            encoder,
+            (
+                WINDOW_GROUPS,
+                "(window, key) groups a windowed aggregation holds.",
+            ),
+            |s| s.window.get().map(|w| w.groups.load(Relaxed)),
+        )?;
+        self.gauge(
+            encoder,
+            (
+                WINDOW_STATE_BYTES,
+                "Estimated bytes of a windowed aggregation's state.",
+            ),
+            |s| s.window.get().map(|w| w.state_bytes.load(Relaxed)),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            SINK_WRITE_DURATION,
+            "Time of one write attempt of a sink (request, statement, publish round, file write).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (transform, stats) in &self.stages {
+            if let Some(sink) = stats.sink.get() {
+                sink.write_seconds
+                    .encode(family.encode_family(&self.labels(transform))?)?;
+            }
+        }
+        self.counter(
+            encoder,
+            (
+                SINK_RETRIES,
+                "Sink write attempts repeated after a transient failure.",
+            ),
+            |s| s.sink.get().map(|k| k.retries()),
+        )?;
+        self.counter(
+            encoder,
+            (
+                SINK_FAILURES,
+                "Sink write attempts that failed (retried or not; rejected rows excluded).",
+            ),
+            |s| s.sink.get().map(|k| k.failures()),
+        )
+    }
+}
+
 /// Event time of a watermark in seconds, and its lag behind `now_ms`; `None` before the first
 /// watermark and after the end of time.
 pub fn watermark_seconds(wm: i64, now_ms: i64) -> Option<(f64, f64)> {
@@ -114,7 +289,13 @@ pub fn watermark_seconds(wm: i64, now_ms: i64) -> Option<(f64, f64)> {
 type CounterSpec = (&'static str, &'static str, fn(&StageStats) -> u64);
 
 impl Collector for PipelineMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_at(encoder, chrono::Utc::now().timestamp_millis())
+    }
+}
+
+impl PipelineMetrics {
+    fn encode_at(&self, mut encoder: DescriptorEncoder, now: i64) -> Result<(), std::fmt::Error> {
         let counters: [CounterSpec; 4] = [
             (RECORDS_IN, "Records a transform received.", |s| {
                 s.rows_in.load(Relaxed)
@@ -150,7 +331,6 @@ impl Collector for PipelineMetrics {
             let labels = self.labels(transform);
             stats.batch_seconds.encode(family.encode_family(&labels)?)?;
         }
-        let now = chrono::Utc::now().timestamp_millis();
         let marks: Vec<(&String, (f64, f64))> = self
             .stages
             .iter()
@@ -217,6 +397,7 @@ impl Collector for PipelineMetrics {
                 ConstGauge::new(rate).encode(family.encode_family(&self.labels(transform))?)?;
             }
         }
+        self.encode_stage_kinds(&mut encoder, now)?;
         if let Some(alerter) = &self.alerts {
             self.encode_alerts(alerter.stats(), &mut encoder)?;
         }
@@ -267,6 +448,84 @@ mod tests {
             text.contains("sluice_valve_open{pipeline=\"p\",check=\"Volume\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renders_source_window_and_sink_families_only_for_those_stages() {
+        use std::time::Duration;
+        let read = Arc::new(StageStats::default());
+        read.source().add_throttled(Duration::from_millis(1500));
+        read.source().add_paused(Duration::from_millis(250));
+        let acks = read.acks();
+        let _held = acks.received(3, 1_000_000);
+        let done = acks.received(2, 1_004_000);
+        acks.released(done, 2, true);
+        acks.nacked_unbatched(1);
+        let sum = Arc::new(StageStats::default());
+        sum.window().set(4, 1234);
+        let write = Arc::new(StageStats::default());
+        write.sink().write_seconds.observe(0.01);
+        write.sink().retried();
+        write.sink().failed();
+        write.sink().failed();
+        let m = Arc::new(PipelineMetrics {
+            pipeline: "p".into(),
+            stages: vec![
+                ("Read".into(), read),
+                ("Map".into(), Arc::new(StageStats::default())),
+                ("Sum".into(), sum),
+                ("Write".into(), write),
+            ],
+            checks: vec![],
+            valves: Arc::default(),
+            alerts: None,
+        });
+        let text = m.render_at(1_010_000);
+        let series = |line: &str| {
+            assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");
+        };
+        let read = "{pipeline=\"p\",transform=\"Read\"}";
+        series(&format!("sluice_source_messages_received_total{read} 6"));
+        series(&format!("sluice_source_messages_acked_total{read} 2"));
+        series(&format!("sluice_source_messages_nacked_total{read} 1"));
+        series(&format!("sluice_source_messages_outstanding{read} 3"));
+        series(&format!(
+            "sluice_source_oldest_unacked_age_seconds{read} 10.0"
+        ));
+        series(&format!("sluice_source_throttled_seconds_total{read} 1.5"));
+        series(&format!("sluice_source_paused_seconds_total{read} 0.25"));
+        series("# TYPE sluice_source_throttled_seconds counter");
+        series("# TYPE sluice_source_oldest_unacked_age_seconds gauge");
+        let sum = "{pipeline=\"p\",transform=\"Sum\"}";
+        series(&format!("sluice_window_groups{sum} 4"));
+        series(&format!("sluice_window_state_bytes{sum} 1234"));
+        series("# TYPE sluice_sink_write_duration_seconds histogram");
+        series("sluice_sink_write_duration_seconds_count{pipeline=\"p\",transform=\"Write\"} 1");
+        for (le, n) in [("0.008", 0), ("0.032", 1)] {
+            series(&format!(
+                "sluice_sink_write_duration_seconds_bucket{{le=\"{le}\",pipeline=\"p\",transform=\"Write\"}} {n}"
+            ));
+        }
+        series("sluice_sink_retries_total{pipeline=\"p\",transform=\"Write\"} 1");
+        series("sluice_sink_failures_total{pipeline=\"p\",transform=\"Write\"} 2");
+        // Each family only for the stages of its kind.
+        for line in text.lines().filter(|l| {
+            ["sluice_source_", "sluice_window_", "sluice_sink_"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        }) {
+            let kind = if line.starts_with("sluice_source_") {
+                "Read"
+            } else if line.starts_with("sluice_window_") {
+                "Sum"
+            } else {
+                "Write"
+            };
+            assert!(
+                line.contains(&format!("transform=\"{kind}\"")),
+                "{line} in:\n{text}"
+            );
+        }
     }
 
     #[tokio::test]

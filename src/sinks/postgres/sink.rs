@@ -116,10 +116,10 @@ impl WriteToPostgres {
             name: name.to_string(),
             cfg,
             errors,
+            backoff: Backoff::default().counting(stats.sink().clone()),
             stats,
             pool: None,
             plan: None,
-            backoff: Backoff::default(),
         }
     }
 
@@ -198,7 +198,10 @@ impl WriteToPostgres {
                 Err(Ok(f)) if f.kind != Failure::Fatal => {
                     self.back_off(f, "cannot prepare the table").await?
                 }
-                Err(Ok(f)) => return Err(self.fail(f, "cannot prepare the table")),
+                Err(Ok(f)) => {
+                    self.backoff.fail_permanently();
+                    return Err(self.fail(f, "cannot prepare the table"));
+                }
                 Err(Err(e)) => return Err(e),
             }
         };
@@ -374,7 +377,10 @@ impl WriteToPostgres {
             .map(<[usize]>::to_vec)
             .collect();
         while let Some(chunk) = pending.pop() {
-            match self.exec(&plan, &texts, &chunk).await {
+            let started = std::time::Instant::now();
+            let res = self.exec(&plan, &texts, &chunk).await;
+            self.stats.sink().observe_write(started);
+            match res {
                 Ok(()) => self.backoff.reset(),
                 Err(f) => match f.kind {
                     Failure::Transient => {
@@ -389,7 +395,10 @@ impl WriteToPostgres {
                         pending.push(b.to_vec());
                         pending.push(a.to_vec());
                     }
-                    Failure::Fatal => return Err(self.fail(f, "cannot write")),
+                    Failure::Fatal => {
+                        self.backoff.fail_permanently();
+                        return Err(self.fail(f, "cannot write"));
+                    }
                 },
             }
         }

@@ -52,10 +52,10 @@ impl WriteToRedis {
             name: name.to_string(),
             cfg,
             errors,
+            backoff: Backoff::default().counting(stats.sink().clone()),
             stats,
             conn: None,
             compiled: None,
-            backoff: Backoff::default(),
         }
     }
 
@@ -155,7 +155,10 @@ impl Operator for WriteToRedis {
             .map_err(|e| EngineError::config(&self.name, e))?;
         for chunk in writes.chunks(ROWS_PER_PIPELINE) {
             loop {
-                match self.send(chunk).await {
+                let started = std::time::Instant::now();
+                let res = self.send(chunk).await;
+                self.stats.sink().observe_write(started);
+                match res {
                     Ok(outcome) => {
                         self.backoff.reset();
                         for (w, e) in chunk.iter().zip(outcome) {
@@ -187,6 +190,7 @@ impl Operator for WriteToRedis {
                         }
                     },
                     Err(e) => {
+                        self.backoff.fail_permanently();
                         return Err(EngineError::external(
                             &self.name,
                             "cannot write to Redis",

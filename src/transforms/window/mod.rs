@@ -10,7 +10,7 @@ pub mod window_into;
 
 use crate::config::{PipelineSpec, TransformConfig};
 use crate::pipeline::graph::{Graph, Node};
-use crate::pipeline::operator::{EngineError, ErrorRoute};
+use crate::pipeline::operator::{EngineError, ErrorRoute, StageStats};
 use crate::pipeline::runner::Stage;
 
 /// Builds the stage of a windowing transform (the `match` arms of `pipeline::build` for them).
@@ -22,6 +22,7 @@ pub fn build(
     graph: &Graph,
     node: &Node,
     errors: ErrorRoute,
+    stats: &StageStats,
 ) -> Result<Stage, EngineError> {
     let t = &spec.transforms[node.spec];
     let name = node.name.as_str();
@@ -51,6 +52,7 @@ pub fn build(
             combine.clone(),
             node.windowing,
             errors,
+            stats.window().clone(),
         )),
         TransformConfig::ExtractWindowingInfo { fields } => Box::new(
             extract_info::ExtractWindowingInfo::new(name, fields.clone(), node.windowing),

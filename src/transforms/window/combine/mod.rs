@@ -21,7 +21,7 @@ use arrow::row::OwnedRow;
 use async_trait::async_trait;
 
 pub use state::PaneTiming;
-use state::{Group, GroupKey, Layout, emit_panes, key_of};
+use state::{Group, GroupKey, Layout, StateBytes, emit_panes, key_of};
 
 use super::aggregate::AggSpec;
 use crate::config::components::CombineField;
@@ -30,6 +30,7 @@ use crate::expr;
 use crate::pipeline::operator::{
     END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output,
 };
+use crate::pipeline::stats::WindowStats;
 use crate::record::{Batch, rows};
 use crate::time::{Window, assign, merge_sessions};
 use crate::transforms::CompiledFor;
@@ -49,6 +50,9 @@ pub struct Combine {
     /// Session windows per key (sessions only), to find the ones a new element merges with.
     sessions: HashMap<OwnedRow, BTreeSet<Window>>,
     watermark: EventTime,
+    /// Estimated size of `state`, published with the group count to `/metrics`.
+    bytes: StateBytes,
+    stats: Arc<WindowStats>,
 }
 
 impl Combine {
@@ -58,6 +62,7 @@ impl Combine {
         fields: Vec<CombineField>,
         windowing: Windowing,
         errors: ErrorRoute,
+        stats: Arc<WindowStats>,
     ) -> Self {
         let mut specs = Vec::new();
         let value_index = fields
@@ -82,7 +87,19 @@ impl Combine {
             state: BTreeMap::new(),
             sessions: HashMap::new(),
             watermark: EventTime::MIN,
+            bytes: StateBytes::default(),
+            stats,
         }
+    }
+
+    /// Publishes the state's size (after every call that may have changed it).
+    fn publish(&self) {
+        debug_assert_eq!(
+            self.bytes.0,
+            StateBytes::recount(&self.state),
+            "running state size drifted"
+        );
+        self.stats.set(self.state.len(), self.bytes.0);
     }
 
     fn config_err(&self, msg: impl Into<String>) -> EngineError {
@@ -195,6 +212,11 @@ impl Combine {
             discarding,
         )
         .map_err(|e| EngineError::internal(&self.name, e))?;
+        for (k, _) in &fired {
+            if let Some(g) = self.state.get_mut(k) {
+                self.bytes.update(k, g);
+            }
+        }
         if let Some((rows, acks)) = emitted {
             out.main(Batch::merged(rows, acks));
         }
@@ -211,7 +233,9 @@ impl Combine {
             .cloned()
             .collect();
         for k in expired {
-            self.state.remove(&k);
+            if let Some(g) = self.state.remove(&k) {
+                self.bytes.remove(&g);
+            }
             if let Some(set) = self.sessions.get_mut(&k.2) {
                 set.remove(&state::window_of(&k));
                 if set.is_empty() {
@@ -257,6 +281,7 @@ impl Combine {
                 let Some(g) = self.state.remove(&key_of(*old, key.clone())) else {
                     continue;
                 };
+                self.bytes.remove(&g);
                 group = Some(match group {
                     None => g,
                     Some(mut acc) => {
@@ -273,7 +298,10 @@ impl Combine {
             set.insert(w);
             if let Some(mut g) = group {
                 g.on_time_fired = g.on_time_fired && w.end <= self.watermark;
-                self.state.insert(key_of(w, key.clone()), g);
+                let gk = key_of(w, key.clone());
+                g.bytes = 0;
+                self.bytes.update(&gk, &mut g);
+                self.state.insert(gk, g);
             }
         }
         Ok(target)
@@ -492,6 +520,7 @@ impl Operator for Combine {
                         on_time_fired: w.end <= self.watermark,
                         dirty: false,
                         acks: Vec::new(),
+                        bytes: 0,
                     },
                 );
                 if let WindowKind::Sessions { .. } = self.windowing.kind {
@@ -516,12 +545,14 @@ impl Operator for Combine {
                     group.acks.push(a.clone());
                 }
             }
+            self.bytes.update(&gk, group);
         }
         if touched_late && self.windowing.late_panes {
             self.fire(out, |_, g| {
                 (g.dirty && g.on_time_fired).then_some(PaneTiming::Late)
             })?;
         }
+        self.publish();
         Ok(())
     }
 
@@ -545,6 +576,7 @@ impl Operator for Combine {
             g.on_time_fired = true;
         }
         self.collect_garbage();
+        self.publish();
         Ok(())
     }
 
@@ -576,6 +608,8 @@ impl Operator for Combine {
         let wm = self.watermark;
         self.fire(out, |k, g| {
             (g.dirty && !g.on_time_fired && k.0 > wm).then_some(PaneTiming::Early)
-        })
+        })?;
+        self.publish();
+        Ok(())
     }
 }

@@ -50,6 +50,47 @@ pub struct Group {
     /// Data arrived since the last pane.
     pub dirty: bool,
     pub acks: Vec<AckToken>,
+    /// This group's share of [`StateBytes`], as last estimated.
+    pub bytes: usize,
+}
+
+/// Map overhead per group beyond the key and `Group` themselves: a B-tree node holds up to 11
+/// entries plus bookkeeping, about a quarter more than the entries.
+const ENTRY_OVERHEAD: usize = (std::mem::size_of::<GroupKey>() + std::mem::size_of::<Group>()) / 4;
+
+/// Estimated bytes of one group: key, accumulators (DataFusion's `Accumulator::size`, which
+/// counts their allocations), holds, and the map entry.
+pub fn group_bytes(key: &GroupKey, g: &Group) -> usize {
+    std::mem::size_of::<GroupKey>()
+        + std::mem::size_of::<Group>()
+        + ENTRY_OVERHEAD
+        + key.2.row().as_ref().len()
+        + g.accs.iter().map(|a| a.size()).sum::<usize>()
+        + g.acks.len() * std::mem::size_of::<AckToken>()
+}
+
+/// The estimated bytes of all groups, kept up to date per changed group (never by walking the
+/// whole state on the hot path).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateBytes(pub usize);
+
+impl StateBytes {
+    /// `g` (at `key`) was created or changed: re-estimate its share.
+    pub fn update(&mut self, key: &GroupKey, g: &mut Group) {
+        let new = group_bytes(key, g);
+        self.0 = self.0.saturating_sub(g.bytes) + new;
+        g.bytes = new;
+    }
+
+    /// `g` left the state.
+    pub fn remove(&mut self, g: &Group) {
+        self.0 = self.0.saturating_sub(g.bytes);
+    }
+
+    /// The estimate computed from scratch (to check the running total in debug builds).
+    pub fn recount(state: &BTreeMap<GroupKey, Group>) -> usize {
+        state.iter().map(|(k, g)| group_bytes(k, g)).sum()
+    }
 }
 
 pub fn window_of(key: &GroupKey) -> Window {
