@@ -231,6 +231,7 @@ pub async fn run(
         valves: valves.clone(),
         alerts: Some(alerter.clone()),
     });
+    crate::telemetry::otel::export_metrics(&metrics);
     let status = crate::http::Status::new(metrics, graph);
     if let Some(addr) = http {
         let bound = crate::http::serve(addr, status.clone())

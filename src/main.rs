@@ -17,5 +17,8 @@ fn main() -> ExitCode {
             return ExitCode::from(sluice::cli::EXIT_FAILED);
         }
     };
-    ExitCode::from(runtime.block_on(sluice::cli::main(cli)))
+    let code = runtime.block_on(sluice::cli::main(cli));
+    drop(runtime);
+    sluice::telemetry::otel::shutdown();
+    ExitCode::from(code)
 }

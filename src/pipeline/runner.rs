@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use super::graph::Graph;
 use super::operator::{EngineError, EventTime, Operator, Output, Source, SourceSink, StageStats};
@@ -297,6 +298,26 @@ pub async fn run(
     })
 }
 
+/// How many row ids a batch's span names (its first rows): enough to find a message, bounded.
+const SPAN_IDS: usize = 5;
+
+/// The first row ids (`__sluice_id`: the Pub/Sub message id or `id_attribute`) of `batch`.
+fn first_ids(batch: &Batch) -> String {
+    use arrow::array::Array;
+    let Some(ids) = batch
+        .rows
+        .column_by_name(crate::record::meta::ROW_ID)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+    else {
+        return String::new();
+    };
+    (0..ids.len().min(SPAN_IDS))
+        .filter(|&i| ids.is_valid(i))
+        .map(|i| ids.value(i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Completes at `deadline`; never without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -463,7 +484,16 @@ async fn run_operator(
                 // failed before the batch's holds can be released (as an acknowledgement).
                 let held = batch.acks.clone();
                 let started = std::time::Instant::now();
-                let res = op.process(env.input, batch, &mut out).await;
+                let span = tracing::info_span!(
+                    "batch",
+                    transform = %name,
+                    rows = batch.num_rows(),
+                    message_ids = %first_ids(&batch)
+                );
+                let res = op
+                    .process(env.input, batch, &mut out)
+                    .instrument(span)
+                    .await;
                 stats.batch_seconds.observe(started.elapsed().as_secs_f64());
                 if res.is_err() {
                     failed.store(true, Ordering::SeqCst);

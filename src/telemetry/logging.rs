@@ -107,6 +107,20 @@ where
             .event_scope()
             .map(|scope| scope.from_root().map(|s| s.name().to_string()).collect())
             .unwrap_or_default();
+        if let Some((trace, span)) = current_trace(ctx) {
+            let project = std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_default();
+            fields.0.insert(
+                "logging.googleapis.com/trace".into(),
+                Value::from(if project.is_empty() {
+                    trace
+                } else {
+                    format!("projects/{project}/traces/{trace}")
+                }),
+            );
+            fields
+                .0
+                .insert("logging.googleapis.com/spanId".into(), Value::from(span));
+        }
         let entry = self.entry(
             event.metadata().level(),
             event.metadata().target(),
@@ -117,22 +131,47 @@ where
     }
 }
 
-/// Installs the global subscriber. `RUST_LOG` filters (default `warn,sluice=info`).
+/// The OpenTelemetry trace and span id (hex) of the span an event is in, when traces are
+/// exported (`telemetry::otel`), so Cloud Logging links the log line to its trace.
+fn current_trace<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<(String, String)>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    use opentelemetry::trace::TraceContextExt as _;
+    if !super::otel::enabled() {
+        return None;
+    }
+    let id = ctx.lookup_current()?.id();
+    let cx = tracing::dispatcher::get_default(|d| tracing_opentelemetry::get_otel_context(&id, d))?;
+    let sc = cx.span().span_context().clone();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+/// Installs the global subscriber. `RUST_LOG` filters (default `warn,sluice=info`); with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, spans are exported as OTLP traces too (`telemetry::otel`).
 pub fn init() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sluice=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
         let mut labels = Map::new();
         if let Ok(pod) = std::env::var("HOSTNAME") {
             labels.insert("pod".into(), Value::from(pod));
         }
-        builder.event_format(CloudLoggingJson { labels }).init();
+        fmt.event_format(CloudLoggingJson { labels }).boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(super::otel::tracing_layer())
+        .with(filter)
+        .init();
 }
 
 #[cfg(test)]
