@@ -20,6 +20,7 @@ pub const KEYS: &[&str] = &[
     "on_failure",
     "alert",
     "retry_after",
+    "every",
 ];
 
 /// Column type families `columns:` can name (Arrow types group into these).
@@ -51,6 +52,9 @@ pub struct CheckConfig {
     pub alert: Option<AlertTargets>,
     /// With `halt`: after this long closed, let data in and re-check; a pass reopens the valve.
     pub retry_after: Option<Duration>,
+    /// Un-windowed input: check what arrived over this much processing time as one unit,
+    /// instead of batch by batch.
+    pub every: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -160,6 +164,10 @@ pub fn parse(r: &mut MapReader<'_>, at: Pos, rep: &mut Reporter) -> Option<Check
             Some("use `on_failure: halt` or `alert_and_halt`, or drop `retry_after`".into()),
         );
     }
+    let every = r.duration("every", rep);
+    if every.is_some_and(|d| d.is_zero()) {
+        rep.error(at, "`every` must be longer than 0s", None);
+    }
     let cfg = CheckConfig {
         columns,
         row_count,
@@ -170,6 +178,7 @@ pub fn parse(r: &mut MapReader<'_>, at: Pos, rep: &mut Reporter) -> Option<Check
         on_failure,
         alert,
         retry_after,
+        every,
     };
     if cfg.columns.is_none()
         && cfg.row_count.is_none()

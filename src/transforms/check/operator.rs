@@ -70,6 +70,11 @@ pub struct Check {
     hold: Option<EventTime>,
     /// When this check closed its valve.
     closed_at: Option<Instant>,
+    /// `every`: batches of the current interval, and when it started.
+    interval: Vec<Batch>,
+    interval_started: Option<Instant>,
+    /// While an interval is open: the input watermark when it started (the most to forward).
+    interval_hold: Option<EventTime>,
 }
 
 impl Check {
@@ -100,6 +105,9 @@ impl Check {
             input_wm: EventTime::MIN,
             hold: None,
             closed_at: None,
+            interval: Vec::new(),
+            interval_started: None,
+            interval_hold: None,
         }
     }
 
@@ -153,6 +161,12 @@ impl Check {
             return Ok(());
         }
         let times = batch.event_times().cloned();
+        if self.cfg.every.is_some() && !matches!(self.windowing, WindowKind::Fixed { .. }) {
+            self.interval_started.get_or_insert_with(Instant::now);
+            self.interval_hold.get_or_insert(self.input_wm);
+            self.interval.push(batch);
+            return Ok(());
+        }
         let (WindowKind::Fixed { size_ms, offset_ms }, Some(times)) = (&self.windowing, times)
         else {
             self.queue.push_back(Unit {
@@ -211,6 +225,27 @@ impl Check {
             });
         }
         Ok(())
+    }
+
+    /// Ends the current `every` interval: what arrived in it becomes one unit. Returns the
+    /// watermark the interval held the output at.
+    fn close_interval(&mut self) -> Result<Option<EventTime>, EngineError> {
+        self.interval_started = None;
+        let hold = self.interval_hold.take();
+        let parts = std::mem::take(&mut self.interval);
+        let Some(first) = parts.first() else {
+            return Ok(hold);
+        };
+        let rows = concat_batches(&first.schema(), parts.iter().map(|b| &b.rows))
+            .map_err(|e| self.internal(e))?;
+        let acks: Vec<_> = parts.iter().flat_map(|b| b.acks.iter().cloned()).collect();
+        self.queue.push_back(Unit {
+            batch: Batch::merged(rows, acks),
+            window: None,
+            timing: None,
+            checked: false,
+        });
+        Ok(hold)
     }
 
     fn evaluate(&mut self, i: usize) -> Vec<Finding> {
@@ -398,6 +433,7 @@ impl Operator for Check {
     async fn on_end(&mut self, out: &mut Output) -> Result<(), EngineError> {
         let before = self.input_wm;
         self.close_windows(EventTime::MAX)?;
+        self.close_interval()?;
         self.pump(out, before);
         if self.queue.is_empty() {
             return Ok(());
@@ -425,8 +461,13 @@ impl Operator for Check {
                 crate::record::abandon(&b.acks);
             }
         }
+        for b in &self.interval {
+            crate::record::abandon(&b.acks);
+        }
         self.queue.clear();
         self.pending.clear();
+        self.interval.clear();
+        self.interval_hold = None;
         Ok(())
     }
 
@@ -438,14 +479,27 @@ impl Operator for Check {
         if let Some(start) = self.pending.keys().map(|w| w.start).min() {
             wm = wm.min(start);
         }
+        if let Some(h) = self.interval_hold {
+            wm = wm.min(h);
+        }
         wm
     }
 
     fn timer_interval(&self) -> Option<std::time::Duration> {
-        self.cfg.on_failure.halts().then_some(VALVE_POLL)
+        let valve = self.cfg.on_failure.halts().then_some(VALVE_POLL);
+        match (valve, self.cfg.every) {
+            (Some(v), Some(e)) => Some(v.min(e)),
+            (v, e) => v.or(e),
+        }
     }
 
     async fn on_timer(&mut self, now: Instant, out: &mut Output) -> Result<(), EngineError> {
+        if let (Some(every), Some(started)) = (self.cfg.every, self.interval_started)
+            && now.duration_since(started) >= every
+        {
+            let hold = self.close_interval()?;
+            self.pump(out, hold.unwrap_or(self.input_wm));
+        }
         let Some(closed_at) = self.closed_at else {
             return Ok(());
         };

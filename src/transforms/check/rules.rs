@@ -258,6 +258,7 @@ mod tests {
             on_failure: OnFailure::Halt,
             alert: None,
             retry_after: None,
+            every: None,
         }
     }
 

@@ -65,6 +65,7 @@ fn volume_check(on_failure: OnFailure, retry_after: Option<Duration>) -> CheckCo
         on_failure,
         alert: Some(targets()),
         retry_after,
+        every: None,
     }
 }
 
@@ -274,4 +275,53 @@ async fn unaggregated_rows_are_checked_per_fixed_window_when_the_watermark_passe
     h.check.on_watermark(2 * MIN, &mut h.out).await.unwrap();
     assert_eq!(h.emitted(), Vec::<usize>::new());
     assert!(matches!(h.state(), ValveState::Closed { reason, .. } if reason.contains("1 rows")));
+}
+
+#[tokio::test]
+async fn with_every_unwindowed_batches_are_checked_per_interval() {
+    let mut cfg = volume_check(OnFailure::Halt, None);
+    cfg.volume_change = None;
+    cfg.row_count = Some(Bounds {
+        min: Some(4),
+        max: None,
+    });
+    cfg.every = Some(Duration::from_secs(10));
+    let valves = Arc::new(Valves::default());
+    let mut check = Check::new(
+        "Volume",
+        "p",
+        cfg,
+        WindowKind::Global,
+        valves.clone(),
+        Alerter::recording().0,
+        Arc::new(StageStats::default()),
+    );
+    let mut out = Output::new(1);
+    let plain = |n: usize| {
+        Batch::new(
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)])),
+                vec![Arc::new(Int64Array::from_iter_values(0..n as i64))],
+            )
+            .unwrap(),
+        )
+    };
+    check.on_watermark(7, &mut out).await.unwrap();
+    // Three batches of 2 rows: each alone would fail `min: 4`, together they pass.
+    for _ in 0..3 {
+        check.process(0, plain(2), &mut out).await.unwrap();
+    }
+    check.on_watermark(50, &mut out).await.unwrap();
+    assert_eq!(out.drain().count(), 0, "the interval is still open");
+    assert_eq!(
+        check.output_watermark(50),
+        7,
+        "held while the interval is open"
+    );
+    let later = tokio::time::Instant::now() + Duration::from_secs(11);
+    check.on_timer(later, &mut out).await.unwrap();
+    let emitted: Vec<usize> = out.drain().map(|(_, b)| b.num_rows()).collect();
+    assert_eq!(emitted, vec![6]);
+    assert_eq!(valves.state("Volume"), Some(ValveState::Open));
+    assert_eq!(check.output_watermark(50), 50);
 }
