@@ -86,7 +86,12 @@ async fn a_run_exports_batch_spans_and_counters_over_otlp() {
         traces.iter().any(|b| contains(b, b"batch")
             && contains(b, b"LogForTesting")
             && contains(b, &trace_bytes)),
-        "no batch span of LogForTesting in {} trace exports (paths: {:?})",
+        "no batch span of LogForTesting with the logged trace id in {} trace exports",
+        traces.len()
+    );
+    assert!(
+        traces.iter().any(|b| contains(b, b"Create")),
+        "no batch span of the source `Create` in {} trace exports (paths: {:?})",
         traces.len(),
         got.iter().map(|(p, _)| p).collect::<Vec<_>>()
     );

@@ -210,7 +210,7 @@ pub async fn run(
         match stage {
             Stage::Source(src) => {
                 let pausing = control.valves.pausing(i);
-                tasks.spawn(run_source(src, fanout, st, control, pausing));
+                tasks.spawn(run_source(name, src, fanout, st, control, pausing));
             }
             Stage::Operator(op) => {
                 let inbox = inbox.expect("operators have inputs");
@@ -352,6 +352,8 @@ struct SourceOut {
     watermark: EventTime,
     /// Valves (and gates) that pause this source while closed.
     pausing: Vec<String>,
+    /// The source's transform name (its batch spans).
+    name: String,
 }
 
 #[async_trait]
@@ -374,7 +376,13 @@ impl SourceSink for SourceOut {
         }
         // A full inbox downstream makes `send` wait: that wait is backpressure.
         let sending = std::time::Instant::now();
-        self.fanout.send(port, batch).await;
+        let span = tracing::info_span!(
+            "batch",
+            transform = %self.name,
+            rows = batch.num_rows(),
+            message_ids = %first_ids(&batch)
+        );
+        self.fanout.send(port, batch).instrument(span).await;
         source.add_throttled(sending.elapsed());
         Ok(())
     }
@@ -420,6 +428,7 @@ impl SourceSink for SourceOut {
 }
 
 async fn run_source(
+    name: String,
     mut src: Box<dyn Source>,
     fanout: Fanout,
     stats: Arc<StageStats>,
@@ -434,6 +443,7 @@ async fn run_source(
         control,
         watermark: EventTime::MIN,
         pausing,
+        name,
     };
     src.run(&mut out).await?;
     out.fanout.broadcast(|| Msg::End).await;
