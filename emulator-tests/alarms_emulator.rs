@@ -6,8 +6,6 @@
 //! test returns early with a note, unless `SLUICE_REQUIRE_EMULATORS` is set, in which case it
 //! fails. Shared helpers are in `support.rs`.
 
-use std::time::Duration;
-
 use google_cloud_pubsub::model::Message;
 use serde_json::Value;
 use sluice::pubsub::Connection;
@@ -18,17 +16,11 @@ use support::*;
 
 /// Publishes payloads (no attributes) and waits until the emulator accepted every one.
 async fn publish(conn: &Connection, to: &str, payloads: &[String]) {
-    let p = conn
-        .publisher(&topic(to), 100, Duration::from_millis(1))
-        .await
-        .expect("publisher");
-    let futures: Vec<_> = payloads
+    let messages = payloads
         .iter()
-        .map(|data| p.publish(Message::new().set_data(data.as_bytes().to_vec())))
+        .map(|data| Message::new().set_data(data.as_bytes().to_vec()))
         .collect();
-    for f in futures {
-        f.await.expect("published");
-    }
+    publish_all(conn, to, messages).await;
 }
 
 /// 20 good messages, then a burst of 10 malformed ones: the dead-letter rate over the minute

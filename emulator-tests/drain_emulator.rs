@@ -88,26 +88,18 @@ async fn stop_mid_stream(test: &str, drain: &str) -> Option<Outcome> {
     )
     .unwrap();
     let (child, base) = start(&conn, &file, &[]);
-    let p = conn
-        .publisher(&topic(&input), 100, Duration::from_millis(1))
-        .await
-        .expect("publisher");
     // One window at a time, each once the previous one was read: the emulator does not keep
     // the order of messages published together, and none may be late.
     for w in 0..MESSAGES / 100 {
-        let futures: Vec<_> = (w * 100..w * 100 + 100)
+        let messages = (w * 100..w * 100 + 100)
             .map(|i| {
                 let ts = T0 + i * 100;
-                p.publish(
-                    Message::new()
-                        .set_data(format!(r#"{{"id": {i}, "ts": {ts}}}"#).into_bytes())
-                        .set_attributes([("ts", ts.to_string())]),
-                )
+                Message::new()
+                    .set_data(format!(r#"{{"id": {i}, "ts": {ts}}}"#).into_bytes())
+                    .set_attributes([("ts", ts.to_string())])
             })
             .collect();
-        for f in futures {
-            f.await.expect("published");
-        }
+        publish_all(&conn, &input, messages).await;
         let read = (w as u64 + 1) * 100;
         eventually(
             &format!("{read} messages are read"),

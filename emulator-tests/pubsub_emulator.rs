@@ -20,25 +20,15 @@ use support::*;
 
 /// Publishes `(payload, attributes)` messages; returns their message ids.
 async fn publish(conn: &Connection, to: &str, msgs: &[(&str, &[(&str, &str)])]) -> Vec<String> {
-    let p = conn
-        .publisher(&topic(to), 100, Duration::from_millis(1))
-        .await
-        .expect("publisher");
-    let futures: Vec<_> = msgs
+    let messages = msgs
         .iter()
         .map(|(data, attrs)| {
-            p.publish(
-                Message::new()
-                    .set_data(data.as_bytes().to_vec())
-                    .set_attributes(attrs.iter().map(|(k, v)| (*k, *v))),
-            )
+            Message::new()
+                .set_data(data.as_bytes().to_vec())
+                .set_attributes(attrs.iter().map(|(k, v)| (*k, *v)))
         })
         .collect();
-    let mut ids = Vec::new();
-    for f in futures {
-        ids.push(f.await.expect("published"));
-    }
-    ids
+    publish_all(conn, to, messages).await
 }
 
 /// Pulls (and acknowledges) everything `name` delivers until nothing came for `idle`.

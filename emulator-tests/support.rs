@@ -313,3 +313,18 @@ pub async fn records_out(base: &str, stage: &str) -> Option<u64> {
         .find(|s| s["name"] == stage)?["records_out"]
         .as_u64()
 }
+
+/// Publishes `messages` to topic `to` and waits until the emulator accepted every one; returns
+/// their message ids in order.
+pub async fn publish_all(conn: &Connection, to: &str, messages: Vec<Message>) -> Vec<String> {
+    let p = conn
+        .publisher(&topic(to), 100, Duration::from_millis(1))
+        .await
+        .expect("publisher");
+    let futures: Vec<_> = messages.into_iter().map(|m| p.publish(m)).collect();
+    let mut ids = Vec::with_capacity(futures.len());
+    for f in futures {
+        ids.push(f.await.expect("published"));
+    }
+    ids
+}

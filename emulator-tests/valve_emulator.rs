@@ -21,25 +21,15 @@ const MIN: i64 = 60_000;
 
 /// Publishes `(payload, ts attribute)` messages; returns their message ids.
 async fn publish(conn: &Connection, to: &str, msgs: &[(String, i64)]) -> Vec<String> {
-    let p = conn
-        .publisher(&topic(to), 100, Duration::from_millis(1))
-        .await
-        .expect("publisher");
-    let futures: Vec<_> = msgs
+    let messages = msgs
         .iter()
         .map(|(data, ts)| {
-            p.publish(
-                Message::new()
-                    .set_data(data.as_bytes().to_vec())
-                    .set_attributes([("ts", ts.to_string())]),
-            )
+            Message::new()
+                .set_data(data.as_bytes().to_vec())
+                .set_attributes([("ts", ts.to_string())])
         })
         .collect();
-    let mut ids = Vec::new();
-    for f in futures {
-        ids.push(f.await.expect("published"));
-    }
-    ids
+    publish_all(conn, to, messages).await
 }
 
 /// `n` messages in minute `window` after T0, ids from `first`.
