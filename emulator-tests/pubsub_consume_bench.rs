@@ -97,10 +97,9 @@ async fn raw_consume(conn: &sluice::pubsub::Connection, name: &str, n: usize) ->
 /// `sluice run` to the end of its backlog; returns the time minus the idle period.
 async fn sluice_consume(conn: &sluice::pubsub::Connection, name: &str, n: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = dir.path().join("p.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
             r#"
 pipeline:
   transforms:
@@ -124,9 +123,8 @@ pipeline:
 "#,
             dir.path().display()
         ),
-    )
-    .expect("write pipeline");
-    let p = pipeline.to_str().expect("utf-8 path");
+    );
+    let p = pipeline.as_str();
     let idle = format!("{}s", IDLE.as_secs());
     let started = Instant::now();
     let out = sluice(&["run", p, "--until-idle", &idle], conn).await;

@@ -93,10 +93,9 @@ async fn read_map_write_exact_rows_errors_and_acks() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
-    let pipeline = dir.path().join("p.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
             r#"
 pipeline:
   transforms:
@@ -147,9 +146,8 @@ pipeline:
         topic: {dlq}
 "#
         ),
-    )
-    .expect("write pipeline");
-    let p = pipeline.to_str().expect("utf-8 path");
+    );
+    let p = pipeline.as_str();
 
     // setup creates the four resources, and a second run finds them.
     let out = sluice(&["setup", p], &conn).await;
@@ -306,10 +304,9 @@ async fn nacked_past_max_delivery_attempts_lands_in_dead_letter_topic() {
         id("missing"),
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = dir.path().join("p.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
             r#"
 pipeline:
   transforms:
@@ -333,9 +330,8 @@ pipeline:
         format: RAW
 "#
         ),
-    )
-    .expect("write pipeline");
-    let p = pipeline.to_str().expect("utf-8 path");
+    );
+    let p = pipeline.as_str();
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     create_subscription(&conn, &dlq_sub, &dlq).await;
@@ -386,10 +382,9 @@ async fn killed_worker_redelivers_and_rerun_gives_same_output() {
     let (input, input_sub) = (id("in"), id("in-sub"));
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
-    let pipeline = dir.path().join("p.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
             r#"
 pipeline:
   transforms:
@@ -418,9 +413,8 @@ pipeline:
         path: {d}/out
 "#
         ),
-    )
-    .expect("write pipeline");
-    let p = pipeline.to_str().expect("utf-8 path");
+    );
+    let p = pipeline.as_str();
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     publish(
@@ -474,10 +468,9 @@ async fn reading_a_topic_uses_a_temporary_subscription() {
     let id = ids("tmp");
     let (input, output, output_sub) = (id("in"), id("out"), id("out-sub"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = dir.path().join("p.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
             r#"
 pipeline:
   transforms:
@@ -496,9 +489,8 @@ pipeline:
         attributes_map: attrs
 "#
         ),
-    )
-    .expect("write pipeline");
-    let p = pipeline.to_str().expect("utf-8 path");
+    );
+    let p = pipeline.as_str();
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     create_subscription(&conn, &output_sub, &output).await;
@@ -537,10 +529,9 @@ async fn windowed_pipeline_exact_totals_dead_letters_and_empty_backlog() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
-    let pipeline = dir.path().join("p.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
             r#"
 pipeline:
   transforms:
@@ -615,9 +606,8 @@ pipeline:
         topic: {dlq}
 "#
         ),
-    )
-    .expect("write pipeline");
-    let p = pipeline.to_str().expect("utf-8 path");
+    );
+    let p = pipeline.as_str();
     let out = sluice(&["setup", p], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
     create_subscription(&conn, &output_sub, &output).await;

@@ -61,6 +61,13 @@ pub fn host(conn: &Connection) -> String {
         .to_string()
 }
 
+/// Writes the pipeline `yaml` to `dir/p.yaml`; returns its path.
+pub fn write_pipeline(dir: &Path, yaml: &str) -> String {
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, yaml).expect("write pipeline");
+    path.to_str().expect("utf-8 path").to_string()
+}
+
 /// Runs `sluice ARGS` against the emulator to completion.
 pub async fn sluice(args: &[&str], conn: &Connection) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
