@@ -53,6 +53,28 @@ find_emulator() {
 	echo "$bin"
 }
 
+# emulator_command BIN: prints, one word a line, the command that starts the emulator: java with
+# pubsub-emulator-shim/ compiled before the emulator's jar on the class path. The shim adds the
+# gRPC method whose absence makes the emulator keep serving cancelled streaming pulls ("zombie"
+# streams that lease messages to nobody; see pubsub-emulator-shim/io/grpc/InternalStatus.java).
+# Without javac or the jar, the plain launcher BIN (with a warning).
+emulator_command() {
+	local bin="$1" jar shim_src="$HERE/pubsub-emulator-shim" shim_out="$SLUICE_EMU_DIR/pubsub-shim"
+	jar="$(ls "$(dirname "$bin")"/../lib/cloud-pubsub-emulator-*-all.jar 2>/dev/null | head -n 1)"
+	if [ -z "$jar" ] || ! command -v javac >/dev/null 2>&1; then
+		log "WARNING: no javac or no emulator jar: starting the emulator without the gRPC shim;"
+		log "  cancelled streaming pulls will keep leasing messages (redelivery tests may fail)"
+		echo "$bin"
+		return
+	fi
+	if [ ! -f "$shim_out/io/grpc/InternalStatus.class" ] ||
+		[ "$shim_src/io/grpc/InternalStatus.java" -nt "$shim_out/io/grpc/InternalStatus.class" ]; then
+		javac -nowarn -cp "$jar" -d "$shim_out" "$shim_src/io/grpc/InternalStatus.java" >&2 ||
+			die "could not compile the emulator's gRPC shim"
+	fi
+	printf '%s\n' java -cp "$shim_out:$jar" com.google.cloud.pubsub.testing.v1.Main
+}
+
 print_exports() {
 	echo "export PUBSUB_EMULATOR_HOST=127.0.0.1:$1"
 }
@@ -80,6 +102,10 @@ start() {
 	local bin port attempt rc
 	bin="$(find_emulator)"
 	need_cmd java "Java 17 is needed by the Pub/Sub emulator"
+	local launch
+	launch="$(emulator_command "$bin")"
+	local -a cmd
+	mapfile -t cmd <<<"$launch"
 
 	for attempt in 1 2 3; do
 		if [ -n "${PUBSUB_PORT:-}" ]; then
@@ -90,11 +116,11 @@ start() {
 		else
 			port="$(free_ports 1)"
 		fi
-		log "starting $bin on 127.0.0.1:$port (log: $LOGFILE)"
+		log "starting ${cmd[*]} on 127.0.0.1:$port (log: $LOGFILE)"
 		: >"$LOGFILE"
 		echo "$port" >"$PORTFILE"
 		local t0=$SECONDS
-		spawn_detached "$PIDFILE" "$LOGFILE" "$bin" --host=127.0.0.1 "--port=$port"
+		spawn_detached "$PIDFILE" "$LOGFILE" "${cmd[@]}" --host=127.0.0.1 "--port=$port"
 		rc=0
 		wait_http "http://127.0.0.1:$port/v1/projects/p/topics" "$TIMEOUT" "$PIDFILE" "$PATTERN" || rc=$?
 		if [ "$rc" -eq 0 ]; then
