@@ -146,29 +146,37 @@ pub async fn create_subscription(conn: &Connection, name: &str, on_topic: &str) 
         .expect("create subscription");
 }
 
-/// Pulls and acknowledges what `name` has now, through the emulator's REST API: the
-/// `message` objects (`messageId`, `data` in base64, `attributes`). After a nack the emulator
-/// hands a message to a unary pull at once, but not to a new streaming pull (docs/checks.md).
+/// Pulls and acknowledges what `name` delivers within 3 s, through the emulator's REST API: the
+/// `message` objects (`messageId`, `data` in base64, `attributes`). A unary pull sees a nacked
+/// or dead-lettered message at once.
+///
+/// Every pull says `returnImmediately` and is repeated every 200 ms: a waiting pull that the
+/// client gives up on stays open in the emulator for about 90 s and takes the next message that
+/// arrives, leasing it to nobody (docs/pubsub.md, "The emulator's zombie streams").
 pub async fn rest_pull_messages(conn: &Connection, name: &str) -> Vec<Value> {
     let base = conn.emulator.as_deref().expect("emulator");
     let http = reqwest::Client::new();
-    // A pull waits for messages (`returnImmediately` is unreliable on the emulator); an empty
-    // subscription answers by the client's timeout.
-    let answer = http
-        .post(format!("{base}/v1/{}:pull", sub(name)))
-        .json(&serde_json::json!({"maxMessages": 1000}))
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await;
-    let r: Value = match answer {
-        Ok(a) => a.json().await.expect("JSON"),
-        Err(e) if e.is_timeout() => return Vec::new(),
-        Err(e) => panic!("pull: {e}"),
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let got = loop {
+        let r: Value = http
+            .post(format!("{base}/v1/{}:pull", sub(name)))
+            .json(&serde_json::json!({"maxMessages": 1000, "returnImmediately": true}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("pull")
+            .json()
+            .await
+            .expect("JSON");
+        let got = r["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let got = r["receivedMessages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let ack_ids: Vec<&str> = got.iter().filter_map(|m| m["ackId"].as_str()).collect();
     if !ack_ids.is_empty() {
         http.post(format!("{base}/v1/{}:acknowledge", sub(name)))
@@ -180,7 +188,6 @@ pub async fn rest_pull_messages(conn: &Connection, name: &str) -> Vec<Value> {
     got.into_iter().map(|m| m["message"].clone()).collect()
 }
 
-/// The message ids [`rest_pull_messages`] returns.
 pub async fn rest_pull(conn: &Connection, name: &str) -> Vec<String> {
     rest_pull_messages(conn, name)
         .await
