@@ -668,3 +668,85 @@ pipeline:
     let left = pull_all(&conn, &input_sub, Duration::from_secs(13)).await;
     assert!(left.is_empty(), "unacknowledged after the run: {left:?}");
 }
+
+/// `Deduplicate` without `by` keys on the message id: the `id_attribute` value when the message
+/// has it, else the Pub/Sub message id. Two retried publishes (same `eid`) give one row each; a
+/// message with the same payload but another `eid`, and one without `eid`, are kept. Dropped
+/// duplicates are acknowledged too: the input backlog is empty after the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduplicate_by_id_attribute_keeps_one_row_per_id() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("dedup");
+    let (input, input_sub) = (id("in"), id("in-sub"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: JSON
+        schema:
+          type: object
+          properties:
+            n: {{type: integer}}
+          required: [n]
+        attributes: [eid]
+        id_attribute: eid
+        flow_control:
+          lease_extension: 10s
+        subscription_settings:
+          topic: {input}
+    - type: Deduplicate
+      name: Once
+      input: Read
+      config:
+        within: 10m
+    - type: WriteToJson
+      name: WriteRows
+      input: Once
+      config:
+        path: {d}/rows
+"#
+        ),
+    );
+    let p = pipeline.as_str();
+    let out = sluice(&["validate", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    publish(
+        &conn,
+        &input,
+        &[
+            (r#"{"n": 1}"#, &[("eid", "A")]),
+            (r#"{"n": 2}"#, &[("eid", "B")]),
+            (r#"{"n": 1}"#, &[("eid", "A")]),
+            (r#"{"n": 1}"#, &[("eid", "C")]),
+            (r#"{"n": 5}"#, &[]),
+            (r#"{"n": 2}"#, &[("eid", "B")]),
+        ],
+    )
+    .await;
+
+    let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let mut rows = json_lines(&dir.path().join("rows-00000-of-00001"));
+    rows.sort_by_key(|r| (r["n"].as_i64(), r["eid"].as_str().map(str::to_string)));
+    assert_eq!(
+        Value::from(rows),
+        json!([
+            {"n": 1, "eid": "A"},
+            {"n": 1, "eid": "C"},
+            {"n": 2, "eid": "B"},
+            {"n": 5, "eid": null},
+        ])
+    );
+    let left = pull_all(&conn, &input_sub, Duration::from_secs(13)).await;
+    assert!(left.is_empty(), "unacknowledged after the run: {left:?}");
+}
