@@ -16,14 +16,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, Int8Array, Int64Array, RecordBatch, StringBuilder, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+mod output;
 
 use super::operator::align;
 use super::{clean, register, sql_options};
@@ -32,7 +32,7 @@ use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, EventTime,
 use crate::pipeline::stats::WindowStats;
 use crate::record::{AckToken, Batch, abandon, meta, rows, user_columns};
 use crate::time::{Window, assign, merge_sessions};
-use crate::transforms::window::combine::{PaneTiming, row_id};
+use crate::transforms::window::combine::PaneTiming;
 use crate::transforms::window::lateness;
 
 /// What a `Sql` transform on windowed input needs besides its query.
@@ -416,9 +416,15 @@ impl PerWindow {
             match self.run_query(&tables).await {
                 Ok(Some(results)) => {
                     for result in results {
-                        let rows = self
-                            .with_pane_columns(&result, w, &key.2, pane, timing)
-                            .map_err(|e| self.internal(e))?;
+                        let rows = output::pane_rows(
+                            (&self.pipeline, &self.name),
+                            &result,
+                            w,
+                            &key.2,
+                            pane,
+                            timing,
+                        )
+                        .map_err(|e| self.internal(e))?;
                         out.main(Batch::merged(rows, acks.iter().cloned()));
                     }
                 }
@@ -474,7 +480,7 @@ impl PerWindow {
                 })?;
                 let all = concat_batches(&schema, &aligned)
                     .map_err(|e| QueryFailure::Plan(e.to_string()))?;
-                let user = user_columns(&canonical_order(all));
+                let user = user_columns(&output::canonical_order(all));
                 (user.schema(), vec![user])
             };
             let table =
@@ -490,65 +496,6 @@ impl PerWindow {
             .await
             .map_err(|e| QueryFailure::Run(clean(e)))?;
         Ok(Some(results))
-    }
-
-    /// The query's result rows plus event time, window, pane and row id columns.
-    fn with_pane_columns(
-        &self,
-        result: &RecordBatch,
-        w: Window,
-        key: &[u8],
-        pane: i64,
-        timing: PaneTiming,
-    ) -> Result<RecordBatch, String> {
-        let user = user_columns(result);
-        let n = user.num_rows();
-        let mut ids = StringBuilder::with_capacity(n, n * 32);
-        // The key of a row id: the session key and the row's content (plus its occurrence
-        // among identical rows); by position when a column type has no row encoding.
-        let content = RowConverter::new(
-            user.schema()
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .and_then(|c| c.convert_columns(user.columns()))
-        .ok();
-        let mut seen: HashMap<&[u8], u32> = HashMap::new();
-        let mut buf = Vec::new();
-        for i in 0..n {
-            buf.clear();
-            buf.extend_from_slice(&(key.len() as u64).to_be_bytes());
-            buf.extend_from_slice(key);
-            match &content {
-                Some(rows) => {
-                    let row = rows.row(i);
-                    let occurrence = seen.entry(row.data()).or_insert(0);
-                    buf.extend_from_slice(row.data());
-                    buf.extend_from_slice(&occurrence.to_be_bytes());
-                    *occurrence += 1;
-                }
-                None => buf.extend_from_slice(&(i as u64).to_be_bytes()),
-            }
-            ids.append_value(row_id((&self.pipeline, &self.name), w, &buf, pane));
-        }
-        let schema = user.schema();
-        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut columns: Vec<ArrayRef> = user.columns().to_vec();
-        fields.push(Field::new(meta::EVENT_TIME, DataType::Int64, true));
-        columns.push(Arc::new(Int64Array::from(vec![w.max_timestamp(); n])));
-        fields.push(Field::new(meta::WINDOW_START, DataType::Int64, true));
-        columns.push(Arc::new(Int64Array::from(vec![w.start; n])));
-        fields.push(Field::new(meta::WINDOW_END, DataType::Int64, true));
-        columns.push(Arc::new(Int64Array::from(vec![w.end; n])));
-        fields.push(Field::new(meta::PANE_INDEX, DataType::Int64, true));
-        columns.push(Arc::new(Int64Array::from(vec![pane; n])));
-        fields.push(Field::new(meta::PANE_TIMING, DataType::Int8, true));
-        columns.push(Arc::new(Int8Array::from(vec![timing as i8; n])));
-        fields.push(Field::new(meta::ROW_ID, DataType::Utf8, true));
-        columns.push(Arc::new(ids.finish()));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
     }
 
     /// Drops the state of windows past their allowed lateness.
@@ -627,64 +574,5 @@ impl PerWindow {
         self.bytes = 0;
         self.publish();
         tracing::info!(transform = %self.name, windows = open, "Drain (keep): open windows left for redelivery");
-    }
-}
-
-/// Sorts rows by event time, then every column (arrow-row order), so that a pane's query sees
-/// the same rows in the same order however they arrived. Rows whose columns have no row
-/// encoding keep their arrival order.
-fn canonical_order(batch: RecordBatch) -> RecordBatch {
-    let schema = batch.schema();
-    let mut order: Vec<usize> = Vec::with_capacity(schema.fields().len());
-    if let Ok(i) = schema.index_of(meta::EVENT_TIME) {
-        order.push(i);
-    }
-    order
-        .extend((0..schema.fields().len()).filter(|&i| schema.field(i).name() != meta::EVENT_TIME));
-    let fields = order
-        .iter()
-        .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-        .collect();
-    let columns: Vec<ArrayRef> = order.iter().map(|&i| batch.column(i).clone()).collect();
-    let Ok(rows) = RowConverter::new(fields).and_then(|c| c.convert_columns(&columns)) else {
-        return batch;
-    };
-    let mut idx: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    idx.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-    if idx.iter().enumerate().all(|(i, &v)| v as usize == i) {
-        return batch;
-    }
-    take_record_batch(&batch, &UInt32Array::from(idx)).unwrap_or(batch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::StringArray;
-
-    #[test]
-    fn canonical_order_is_event_time_then_content() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, true),
-            Field::new(meta::EVENT_TIME, DataType::Int64, true),
-        ]));
-        let b = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from(vec!["b", "a", "c", "a"])),
-                Arc::new(Int64Array::from(vec![5, 9, 1, 5])),
-            ],
-        )
-        .unwrap();
-        let sorted = canonical_order(b);
-        let k = sorted
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        assert_eq!(
-            k.iter().flatten().collect::<Vec<_>>(),
-            vec!["c", "a", "b", "a"]
-        );
     }
 }
