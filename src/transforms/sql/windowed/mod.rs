@@ -230,9 +230,14 @@ impl PerWindow {
         self.schemas.insert(table.to_string(), rows.schema());
 
         let mut failures: Vec<(String, String)> = Vec::new();
-        let mut buckets: BTreeMap<(Window, Vec<u8>), Vec<u32>> = BTreeMap::new();
-        if self.is_sessions() {
-            let keys = self.session_keys(&rows)?;
+        let keys = if self.is_sessions() {
+            Some(self.session_keys(&rows)?)
+        } else {
+            None
+        };
+        // (window, session key bytes) → rows.
+        let mut buckets: BTreeMap<(Window, &[u8]), Vec<u32>> = BTreeMap::new();
+        if let Some(keys) = &keys {
             let mut by_key: BTreeMap<arrow::row::Row<'_>, Vec<usize>> = BTreeMap::new();
             for i in 0..n {
                 by_key.entry(keys.row(i)).or_default().push(i);
@@ -257,10 +262,7 @@ impl PerWindow {
                 }
                 let targets = self.merge_into_sessions(key.data(), &protos);
                 for (i, w) in live.into_iter().zip(targets) {
-                    buckets
-                        .entry((w, key.data().to_vec()))
-                        .or_default()
-                        .push(i as u32);
+                    buckets.entry((w, key.data())).or_default().push(i as u32);
                 }
             }
         } else {
@@ -269,7 +271,7 @@ impl PerWindow {
                 let mut any = false;
                 for w in &ws {
                     if !lateness::rejects(&self.windowing, self.watermark, w) {
-                        buckets.entry((*w, Vec::new())).or_default().push(i as u32);
+                        buckets.entry((*w, &[][..])).or_default().push(i as u32);
                         any = true;
                     }
                 }
@@ -294,7 +296,7 @@ impl PerWindow {
             let size = part.get_array_memory_size();
             let entry = self
                 .state
-                .entry((w.end, w.start, key))
+                .entry((w.end, w.start, key.to_vec()))
                 .or_insert_with(|| WindowRows {
                     tables: BTreeMap::new(),
                     pane_index: 0,
