@@ -665,3 +665,175 @@ pipeline:
     let left = pull_all(&conn, &input_sub, Duration::from_secs(13)).await;
     assert!(left.is_empty(), "unacknowledged after the run: {left:?}");
 }
+
+/// `Deduplicate` without `by` keys on the message id: the `id_attribute` value when the message
+/// has it, else the Pub/Sub message id. Two retried publishes (same `eid`) give one row each; a
+/// message with the same payload but another `eid`, and one without `eid`, are kept. Dropped
+/// duplicates are acknowledged too: the input backlog is empty after the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduplicate_by_id_attribute_keeps_one_row_per_id() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("dedup");
+    let (input, input_sub) = (id("in"), id("in-sub"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: JSON
+        schema:
+          type: object
+          properties:
+            n: {{type: integer}}
+          required: [n]
+        attributes: [eid]
+        id_attribute: eid
+        flow_control:
+          lease_extension: 10s
+        subscription_settings:
+          topic: {input}
+    - type: Deduplicate
+      name: Once
+      input: Read
+      config:
+        within: 10m
+    - type: WriteToJson
+      name: WriteRows
+      input: Once
+      config:
+        path: {d}/rows
+"#
+        ),
+    );
+    let p = pipeline.as_str();
+    let out = sluice(&["validate", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    publish(
+        &conn,
+        &input,
+        &[
+            (r#"{"n": 1}"#, &[("eid", "A")]),
+            (r#"{"n": 2}"#, &[("eid", "B")]),
+            (r#"{"n": 1}"#, &[("eid", "A")]),
+            (r#"{"n": 1}"#, &[("eid", "C")]),
+            (r#"{"n": 5}"#, &[]),
+            (r#"{"n": 2}"#, &[("eid", "B")]),
+        ],
+    )
+    .await;
+
+    let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let mut rows = json_lines(&dir.path().join("rows-00000-of-00001"));
+    rows.sort_by_key(|r| (r["n"].as_i64(), r["eid"].as_str().map(str::to_string)));
+    assert_eq!(
+        Value::from(rows),
+        json!([
+            {"n": 1, "eid": "A"},
+            {"n": 1, "eid": "C"},
+            {"n": 2, "eid": "B"},
+            {"n": 5, "eid": null},
+        ])
+    );
+    let left = pull_all(&conn, &input_sub, Duration::from_secs(13)).await;
+    assert!(left.is_empty(), "unacknowledged after the run: {left:?}");
+}
+
+/// `Sql` per window on an unbounded input: Pub/Sub → AssignTimestamps → a GROUP BY query with
+/// fixed 60 s windows → ExtractWindowingInfo → a file. Exact per-window rows, and every input
+/// message acknowledged once its pane was written (empty backlog after `--until-idle`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_per_window_on_a_stream_exact_rows_and_acks() {
+    let Some(conn) = emulator() else { return };
+    let id = ids("sqlwin");
+    let (input, input_sub) = (id("in"), id("in-sub"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let pipeline = write_pipeline(
+        dir.path(),
+        &format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {input_sub}
+        format: JSON
+        schema:
+          type: object
+          properties:
+            recipe: {{type: string}}
+            ts: {{type: integer}}
+            secs: {{type: integer}}
+          required: [recipe, ts, secs]
+        flow_control:
+          lease_extension: 10s
+        subscription_settings:
+          topic: {input}
+    - type: AssignTimestamps
+      name: EventTime
+      input: Read
+      config:
+        timestamp: ts
+    - type: Sql
+      name: PerMinute
+      input: EventTime
+      windowing: {{type: fixed, size: 60s}}
+      config:
+        query: "SELECT recipe, COUNT(*) AS views, SUM(secs) AS watch FROM PCOLLECTION GROUP BY recipe"
+    - type: ExtractWindowingInfo
+      name: WithWindow
+      input: PerMinute
+      config:
+        fields: {{start: window_start}}
+    - type: WriteToJson
+      name: WriteRows
+      input: WithWindow
+      config:
+        path: {d}/rows
+"#
+        ),
+    );
+    let p = pipeline.as_str();
+    let out = sluice(&["setup", p], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    // Event times in seconds: minute 0: a ×2 (3 + 4 s), b ×1 (5 s); minute 1: a ×1 (10 s).
+    let good = [("a", 1, 3), ("b", 2, 5), ("a", 59, 4), ("a", 61, 10)];
+    let messages: Vec<Message> = good
+        .iter()
+        .map(|(r, ts, s)| {
+            Message::new().set_data(format!(r#"{{"recipe": "{r}", "ts": {ts}, "secs": {s}}}"#))
+        })
+        .collect();
+    publish_all(&conn, &input, messages).await;
+
+    let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let mut rows = json_lines(&dir.path().join("rows-00000-of-00001"));
+    rows.sort_by_key(|r| {
+        (
+            r["start"].as_str().map(str::to_string),
+            r["recipe"].as_str().map(str::to_string),
+        )
+    });
+    assert_eq!(
+        Value::from(rows),
+        json!([
+            {"recipe": "a", "views": 2, "watch": 7, "start": "1970-01-01T00:00:00Z"},
+            {"recipe": "b", "views": 1, "watch": 5, "start": "1970-01-01T00:00:00Z"},
+            {"recipe": "a", "views": 1, "watch": 10, "start": "1970-01-01T00:01:00Z"},
+        ])
+    );
+    let left = pull_all(&conn, &input_sub, Duration::from_secs(13)).await;
+    assert!(left.is_empty(), "unacknowledged after the run: {left:?}");
+}

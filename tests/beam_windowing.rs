@@ -103,3 +103,76 @@ async fn beam_window_info_combine() {
     )
     .await;
 }
+
+/// Replaces the case's `Combine` step with a `Sql` step (`extra` holds any `windowing:` lines).
+fn combine_to_sql(source: String, extra: &str, query: &str) -> String {
+    let start = source
+        .find("    - type: Combine")
+        .expect("the case has a Combine");
+    let end = start
+        + 1
+        + source[start + 1..]
+            .find("\n    - type: ")
+            .expect("a step follows the Combine");
+    format!(
+        "{}    - type: Sql\n{extra}      config:\n        query: \"{query}\"{}",
+        &source[..start],
+        &source[end..]
+    )
+}
+
+/// Beam SQL aggregates per window of its input's windowing, as Beam's `Combine` does: the same
+/// query as Sluice `Sql` per window must give the rows Beam's DirectRunner gave for the
+/// `Combine` of `fixed_combine` (Beam's own Sql transform needs the Java expansion service,
+/// which cannot be fetched offline: see `fail_offline_sql_transform`).
+#[tokio::test]
+async fn beam_fixed_combine_as_sql_per_window() {
+    check_case(
+        "fixed_combine",
+        |s| {
+            combine_to_sql(
+                s,
+                "      windowing:\n        type: fixed\n        size: 60s\n",
+                "SELECT recipe_id, action, COUNT(event_id) AS events, SUM(watch_seconds) AS total_watch, MIN(watch_seconds) AS min_watch, MAX(watch_seconds) AS max_watch, AVG(watch_seconds) AS mean_watch FROM PCOLLECTION GROUP BY recipe_id, action",
+            )
+        },
+        |v| v,
+    )
+    .await;
+}
+
+/// Sliding windows: every element in two windows, window bounds read back with
+/// `ExtractWindowingInfo` from the pane columns `Sql` sets.
+#[tokio::test]
+async fn beam_sliding_count_as_sql_per_window() {
+    check_case(
+        "sliding_count",
+        |s| {
+            combine_to_sql(
+                s,
+                "",
+                "SELECT recipe_id, action, COUNT(event_id) AS events FROM PCOLLECTION GROUP BY recipe_id, action",
+            )
+        },
+        |v| v,
+    )
+    .await;
+}
+
+/// Session windows are per key: the `GROUP BY` column is the key, as Beam SQL's aggregation
+/// groups by it (out-of-order input, a bridging element merges two sessions).
+#[tokio::test]
+async fn beam_sessions_sum_as_sql_per_window() {
+    check_case(
+        "sessions_sum",
+        |s| {
+            combine_to_sql(
+                s,
+                "",
+                "SELECT user_id, SUM(watch_seconds) AS total_watch, COUNT(event_id) AS events FROM PCOLLECTION GROUP BY user_id",
+            )
+        },
+        |v| v,
+    )
+    .await;
+}

@@ -243,30 +243,6 @@ fn validate_names_unknown_tables_with_a_suggestion() {
     );
 }
 
-#[test]
-fn validate_refuses_aggregation_on_windowed_input() {
-    let yaml = format!(
-        r#"pipeline:
-  transforms:{EVENTS}
-    - type: Sql
-      name: Q
-      input: Events
-      windowing:
-        type: fixed
-        size: 60s
-      config:
-        query: "SELECT action, COUNT(*) AS n FROM PCOLLECTION GROUP BY action"
-    - type: LogForTesting
-      name: Out
-      input: Q
-"#
-    );
-    assert_eq!(
-        diagnostics(&yaml),
-        "sql.yaml:20:16: GROUP BY on windowed input is not available yet: Sql evaluates such a query only over a whole bounded input (query column 56)\n  hint: aggregate per window with Combine, or remove the windowing to query the whole bounded input"
-    );
-}
-
 /// No unbounded source parses in this build yet (ReadFromPubSub is on its way): the source's
 /// config is replaced after parsing by one `Graph::is_bounded` does not know as bounded.
 fn unbounded(yaml: &str) -> String {
@@ -285,12 +261,12 @@ fn validate_refuses_aggregation_on_unbounded_input() {
     let yaml = with_query("SELECT action, COUNT(*) AS n FROM PCOLLECTION GROUP BY action");
     assert_eq!(
         unbounded(&yaml),
-        "sql.yaml:17:16: GROUP BY needs the whole input, but the input of `Q` is unbounded and not windowed (query column 56)\n  hint: on a stream, Sql runs only stateless SELECT … WHERE … queries; aggregate per window with `windowing:` and Combine"
+        "sql.yaml:17:16: GROUP BY needs the whole input, but the input of `Q` is unbounded and not windowed (query column 56)\n  hint: on a stream, give the Sql transform (or its input) `windowing:` — fixed, sliding, sessions, or global with `trigger: {early_every: …}` — and the query runs per window; or keep to SELECT … WHERE …"
     );
     let yaml = with_query("SELECT COUNT(*) AS n FROM PCOLLECTION");
     assert_eq!(
         unbounded(&yaml),
-        "sql.yaml:17:16: the aggregate function `count` needs the whole input, but the input of `Q` is unbounded and not windowed (query column 8)\n  hint: on a stream, Sql runs only stateless SELECT … WHERE … queries; aggregate per window with `windowing:` and Combine"
+        "sql.yaml:17:16: the aggregate function `count` needs the whole input, but the input of `Q` is unbounded and not windowed (query column 8)\n  hint: on a stream, give the Sql transform (or its input) `windowing:` — fixed, sliding, sessions, or global with `trigger: {early_every: …}` — and the query runs per window; or keep to SELECT … WHERE …"
     );
     let stateless = with_query("SELECT action FROM PCOLLECTION WHERE action = 'view'");
     assert_eq!(unbounded(&stateless), "");

@@ -184,3 +184,70 @@ fn unnamed_transforms_of_one_type_in_a_chain_each_read_the_previous_one() {
         ]
     );
 }
+
+/// A pipeline: `source` → `between` steps → `Deduplicate` (with `dedup_config`).
+fn dedup_pipeline(source: &str, between: &str, dedup_config: &str) -> String {
+    format!(
+        "\
+pipeline:
+  type: chain
+  transforms:
+{source}{between}    - type: Deduplicate
+      name: Once
+      config: {dedup_config}
+    - type: LogForTesting
+"
+    )
+}
+
+const PUBSUB: &str = "    - type: ReadFromPubSub
+      name: Read
+      config:
+        topic: events
+        format: RAW
+";
+
+fn valid(text: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, text).unwrap();
+    load_and_validate(&path, &BTreeMap::new()).is_ok()
+}
+
+#[test]
+fn deduplicate_by_message_id_needs_pubsub_rows() {
+    // From Pub/Sub, through element-wise steps and a stateless Sql: accepted.
+    let stateless = "    - type: Sql
+      config:
+        query: \"SELECT * FROM PCOLLECTION WHERE payload IS NOT NULL\"
+";
+    assert!(valid(&dedup_pipeline(PUBSUB, stateless, "{within: 10m}")));
+    // From a file: refused, with the way out.
+    let file = "    - type: ReadFromJson
+      name: ReadFile
+      config:
+        path: x.jsonl
+";
+    assert_eq!(
+        diagnostics(&dedup_pipeline(file, "", "{within: 10m}")),
+        "p.yaml:8:13: `Once` has no `by`, so it deduplicates by message id, but its input comes from `ReadFile` (ReadFromJson), which has no message ids\n  hint: name the fields that identify a duplicate with `by: [...]`; message ids come from ReadFromPubSub (its message_id, or the `id_attribute` value)"
+    );
+    // After an aggregation the row ids are pane ids.
+    let combine = "    - type: Combine
+      name: Counts
+      windowing: {type: fixed, size: 1m}
+      config:
+        combine:
+          n: {fn: count, value: payload}
+";
+    assert_eq!(
+        diagnostics(&dedup_pipeline(PUBSUB, combine, "{within: 10m}")),
+        "p.yaml:15:13: `Once` has no `by`, so it deduplicates by message id, but its input comes from `Counts` (Combine), whose rows carry pane ids, not message ids\n  hint: name the fields that identify a duplicate with `by: [...]`; message ids come from ReadFromPubSub (its message_id, or the `id_attribute` value)"
+    );
+    // With `by` any input is fine; an empty `by` is refused.
+    assert!(valid(&dedup_pipeline(file, "", "{by: [id], within: 10m}")));
+    assert_eq!(
+        diagnostics(&dedup_pipeline(PUBSUB, "", "{by: [], within: 10m}")),
+        "p.yaml:11:15: `Deduplicate`'s `by` is empty\n  hint: name the fields that identify a duplicate, or leave `by` out to deduplicate by the source's message id (Pub/Sub message_id or id_attribute)"
+    );
+}

@@ -87,7 +87,8 @@ pub enum TransformConfig {
     Sql {
         query: Located<String>,
     },
-    /// Sluice extension: keeps the first row per `by` key within `within` of event time.
+    /// Sluice extension: keeps the first row per `by` key within `within` of event time; with
+    /// `by` empty (left out), per source message id (the hidden `__sluice_id` of Pub/Sub rows).
     Deduplicate {
         by: Vec<Located<String>>,
         within_ms: i64,
@@ -450,12 +451,13 @@ pub fn parse_config(
         }
         "Deduplicate" => {
             let mut r = reader!(&["by", "within"]);
+            // Without `by`, rows are duplicates when their source message id is the same.
             let by = r.string_list("by", rep).unwrap_or_default();
-            if by.is_empty() {
+            if by.is_empty() && r.has("by") {
                 rep.error(
                     r.pos(),
-                    "`Deduplicate` needs `by`: the fields that identify a duplicate",
-                    None,
+                    "`Deduplicate`'s `by` is empty",
+                    Some("name the fields that identify a duplicate, or leave `by` out to deduplicate by the source's message id (Pub/Sub message_id or id_attribute)".into()),
                 );
             }
             let within = r.duration("within", rep);

@@ -50,6 +50,13 @@ impl Windowing {
             accumulating: false,
         }
     }
+
+    /// Whether an aggregation over this windowing emits per window, before its input ends:
+    /// windows other than the global one, or the global window with early panes. (The global
+    /// window without triggers fires once, at the end: the whole input.)
+    pub fn is_windowed(&self) -> bool {
+        self.kind != WindowKind::Global || self.early_every.is_some()
+    }
 }
 
 const KEYS: &[&str] = &[

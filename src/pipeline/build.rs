@@ -250,13 +250,27 @@ pub fn build(
             | TransformConfig::Deduplicate { .. } => {
                 transforms::window::build(spec, graph, node, errors, &st)?
             }
-            TransformConfig::Sql { query } => Stage::Operator(Box::new(transforms::sql::Sql::new(
-                &query.value,
-                transforms::sql::table_names(&t.inputs),
-                graph.is_bounded(spec, graph.node(name).unwrap_or_default()),
-                batch_size,
-                errors,
-            ))),
+            TransformConfig::Sql { query } => {
+                let windowed = node.windowing.is_windowed().then(|| {
+                    let group = transforms::sql::analysis::analyze(&query.value)
+                        .ok()
+                        .and_then(|i| i.group_columns);
+                    transforms::sql::WindowedSpec {
+                        pipeline: spec.name.clone(),
+                        windowing: node.windowing,
+                        session_key: group.unwrap_or_default(),
+                        stats: st.window().clone(),
+                    }
+                });
+                Stage::Operator(Box::new(transforms::sql::Sql::new(
+                    &query.value,
+                    transforms::sql::table_names(&t.inputs),
+                    graph.is_bounded(spec, graph.node(name).unwrap_or_default()),
+                    batch_size,
+                    errors,
+                    windowed,
+                )))
+            }
             TransformConfig::Check(cfg) => {
                 let halts = cfg.on_failure.halts();
                 let op = transforms::check::Check::new(

@@ -41,7 +41,7 @@ pub fn check_expressions(spec: &PipelineSpec, rep: &mut Reporter) {
 }
 
 /// Checks every `Sql` transform: one SELECT query (no DDL, DML, `COPY`, files or URLs), tables
-/// that are its inputs, and a stateless query where the input is unbounded or windowed.
+/// that are its inputs, and where the query needs more than one row, an input it can run on.
 pub fn check_sql(spec: &PipelineSpec, graph: &Graph, rep: &mut Reporter) {
     for t in &spec.transforms {
         let TransformConfig::Sql { query } = &t.config else {
@@ -97,18 +97,20 @@ pub fn check_sql(spec: &PipelineSpec, graph: &Graph, rep: &mut Reporter) {
             );
         }
         if let Some((what, q)) = &info.stateful {
-            check_stateful_input(spec, graph, t, what, at(*q), rep);
+            check_stateful_input(spec, graph, t, &info, what, at(*q), rep);
         }
     }
 }
 
-/// A query that needs the whole input (GROUP BY, aggregates, joins, ORDER BY, LIMIT, window
-/// functions) runs only on bounded, unwindowed input: a stream never ends, and evaluation per
-/// window is not available yet.
+/// A query that needs more than one row (GROUP BY, aggregates, joins, ORDER BY, LIMIT, window
+/// functions) runs per window on windowed input, else over the whole input, which must then be
+/// bounded. Per window, all inputs need the same windowing, and session windows (per key) need
+/// one table grouped by plain columns, the key.
 fn check_stateful_input(
     spec: &PipelineSpec,
     graph: &Graph,
     t: &TransformSpec,
+    info: &analysis::QueryInfo,
     what: &str,
     (pos, suffix): (Pos, String),
     rep: &mut Reporter,
@@ -116,25 +118,71 @@ fn check_stateful_input(
     let Some(node) = graph.node(&t.name) else {
         return;
     };
-    let windowed = std::iter::once(node)
-        .chain(graph.nodes[node].inputs.iter().map(|e| e.from))
-        .any(|i| graph.nodes[i].windowing.kind != WindowKind::Global);
-    if !graph.is_bounded(spec, node) && !windowed {
+    let windowing = graph.nodes[node].windowing;
+    let bounded = graph.is_bounded(spec, node);
+    let mut differ = false;
+    if t.windowing.is_none() {
+        for (e, r) in graph.nodes[node].inputs.iter().zip(&t.inputs).skip(1) {
+            if graph.nodes[e.from].windowing != windowing {
+                differ = true;
+                rep.error(
+                    r.pos,
+                    format!(
+                        "the inputs of `{}` are windowed differently (`{}` and `{}`): a query runs per window over inputs windowed alike",
+                        t.name, t.inputs[0].transform, r.transform
+                    ),
+                    Some("window the inputs the same way, or set `windowing:` on the Sql transform (it applies to every input)".into()),
+                );
+            }
+        }
+    }
+    if differ {
+        return;
+    }
+    if !windowing.is_windowed() {
+        if !bounded {
+            rep.error(
+                pos,
+                format!(
+                    "{what} needs the whole input, but the input of `{}` is unbounded and not windowed{suffix}",
+                    t.name
+                ),
+                Some("on a stream, give the Sql transform (or its input) `windowing:` — fixed, sliding, sessions, or global with `trigger: {early_every: …}` — and the query runs per window; or keep to SELECT … WHERE …".into()),
+            );
+        }
+        return;
+    }
+    if let WindowKind::Sessions { .. } = windowing.kind {
+        let mut tables = table_names(&t.inputs);
+        tables.sort();
+        tables.dedup();
+        if tables.len() > 1 {
+            rep.error(
+                pos,
+                format!(
+                    "session windows are per key, and a query over several tables (`{}`) has no single key{suffix}",
+                    tables.join("`, `")
+                ),
+                Some("join the inputs first and window the joined rows into sessions, or use fixed or sliding windows".into()),
+            );
+        } else if info.group_columns.is_none() {
+            rep.error(
+                pos,
+                format!(
+                    "session windows are per key: the query on `{}` must group by plain columns (its key), or not group at all{suffix}",
+                    t.name
+                ),
+                Some("e.g. `SELECT user_id, COUNT(*) AS n FROM PCOLLECTION GROUP BY user_id`; compute derived keys in an earlier MapToFields".into()),
+            );
+        }
+    }
+    if windowing.kind == WindowKind::Global && windowing.accumulating && !bounded {
         rep.error(
             pos,
             format!(
-                "{what} needs the whole input, but the input of `{}` is unbounded and not windowed{suffix}",
-                t.name
+                "{what} per pane of the global window in accumulating mode keeps every row of an unbounded input forever{suffix}"
             ),
-            Some("on a stream, Sql runs only stateless SELECT … WHERE … queries; aggregate per window with `windowing:` and Combine".into()),
-        );
-    } else if windowed {
-        rep.error(
-            pos,
-            format!(
-                "{what} on windowed input is not available yet: Sql evaluates such a query only over a whole bounded input{suffix}",
-            ),
-            Some("aggregate per window with Combine, or remove the windowing to query the whole bounded input".into()),
+            Some("use `accumulation: discarding` (each early pane sees the rows since the last), or fixed/sliding/session windows".into()),
         );
     }
 }
@@ -150,4 +198,79 @@ fn sql_pos(query_pos: Pos, query: &str, (line, col): analysis::QueryPos) -> (Pos
         return (query_pos, format!(" (query column {col})"));
     }
     (query_pos, format!(" (query line {line}, column {col})"))
+}
+
+/// A `Deduplicate` without `by` keys on the source message id, which only `ReadFromPubSub`
+/// gives rows (`__sluice_id`). Every path up from its input must reach one through transforms
+/// that keep the column: aggregations (`Combine`, a `Sql` query that needs more than one row)
+/// replace it with pane ids, and error outputs and other sources have none.
+pub fn check_deduplicate(spec: &PipelineSpec, graph: &Graph, rep: &mut Reporter) {
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let t = &spec.transforms[node.spec];
+        let TransformConfig::Deduplicate { by, .. } = &t.config else {
+            continue;
+        };
+        if !by.is_empty() {
+            continue;
+        }
+        if let Some(why) = missing_message_id(spec, graph, i) {
+            rep.error(
+                t.pos,
+                format!(
+                    "`{}` has no `by`, so it deduplicates by message id, but {why}",
+                    t.name
+                ),
+                Some("name the fields that identify a duplicate with `by: [...]`; message ids come from ReadFromPubSub (its message_id, or the `id_attribute` value)".into()),
+            );
+        }
+    }
+}
+
+/// Why the rows reaching `node` may have no source message id (`None`: they all have one).
+fn missing_message_id(spec: &PipelineSpec, graph: &Graph, node: usize) -> Option<String> {
+    let mut seen = vec![false; graph.nodes.len()];
+    let mut todo: Vec<&super::graph::Edge> = graph.nodes[node].inputs.iter().collect();
+    while let Some(e) = todo.pop() {
+        let from = &graph.nodes[e.from];
+        if from.error_port == Some(e.port) {
+            return Some(format!(
+                "its input `{}.{}` is error records, which carry none",
+                from.name, from.ports[e.port]
+            ));
+        }
+        if std::mem::replace(&mut seen[e.from], true) {
+            continue;
+        }
+        let config = &spec.transforms[from.spec].config;
+        let kind = &spec.transforms[from.spec].type_name;
+        match config {
+            TransformConfig::ReadFromPubSub(_) => continue,
+            TransformConfig::Combine { .. } => {
+                return Some(format!(
+                    "its input comes from `{}` ({kind}), whose rows carry pane ids, not message ids",
+                    from.name
+                ));
+            }
+            TransformConfig::Sql { query } => {
+                let stateful = analysis::analyze(&query.value)
+                    .map(|i| i.stateful.is_some())
+                    .unwrap_or(false);
+                if stateful {
+                    return Some(format!(
+                        "its input comes from `{}` (a Sql query that needs more than one row), whose rows carry no message ids",
+                        from.name
+                    ));
+                }
+            }
+            _ if from.inputs.is_empty() => {
+                return Some(format!(
+                    "its input comes from `{}` ({kind}), which has no message ids",
+                    from.name
+                ));
+            }
+            _ => {}
+        }
+        todo.extend(from.inputs.iter());
+    }
+    None
 }

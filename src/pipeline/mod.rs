@@ -30,6 +30,7 @@ pub fn check_into(spec: &PipelineSpec, rep: &mut Reporter) -> Graph {
     let graph = Graph::build(spec, rep);
     check::check_expressions(spec, rep);
     check::check_sql(spec, &graph, rep);
+    check::check_deduplicate(spec, &graph, rep);
     graph
 }
 

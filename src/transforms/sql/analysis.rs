@@ -60,6 +60,11 @@ pub struct QueryInfo {
     /// `None` for a stateless query; else the first construct that needs the whole input
     /// (e.g. "GROUP BY") and where it is.
     pub stateful: Option<(String, QueryPos)>,
+    /// The columns of the top-level `GROUP BY` when every grouping expression is a plain
+    /// column (`Some(vec![])` without `GROUP BY`); `None` for expressions, positions,
+    /// `GROUP BY ALL`, grouping sets, or a top level that is not one `SELECT`. Session windows
+    /// are per key, and this is the key (see `sql::windowed`).
+    pub group_columns: Option<Vec<String>>,
 }
 
 /// Parses and analyses `sql`.
@@ -226,7 +231,39 @@ fn analyze_query(query: &Query) -> Result<QueryInfo, Refusal> {
         .filter(|t| !ctes.contains(&t.written.to_lowercase()))
         .collect();
     let stateful = shape_stateful(query).or(v.stateful_expr);
-    Ok(QueryInfo { tables, stateful })
+    Ok(QueryInfo {
+        tables,
+        stateful,
+        group_columns: group_columns(query),
+    })
+}
+
+/// See [`QueryInfo::group_columns`]. Unquoted names are lowercased, as DataFusion resolves them.
+fn group_columns(query: &Query) -> Option<Vec<String>> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let GroupByExpr::Expressions(exprs, modifiers) = &select.group_by else {
+        return None;
+    };
+    if !modifiers.is_empty() {
+        return None;
+    }
+    let column = |ident: &Ident| {
+        if ident.quote_style.is_some() {
+            ident.value.clone()
+        } else {
+            ident.value.to_lowercase()
+        }
+    };
+    exprs
+        .iter()
+        .map(|e| match e {
+            Expr::Identifier(i) => Some(column(i)),
+            Expr::CompoundIdentifier(parts) => parts.last().map(column),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Walks the whole query (subqueries included): table references, table functions, and
@@ -450,6 +487,20 @@ mod tests {
             let info = analyze(sql).unwrap();
             assert_eq!(info.stateful.map(|s| s.0).as_deref(), Some(what), "{sql}");
         }
+    }
+
+    #[test]
+    fn group_by_columns_are_the_session_key() {
+        let cols = |sql: &str| analyze(sql).unwrap().group_columns;
+        assert_eq!(
+            cols("SELECT User_Id, \"Kind\", COUNT(*) FROM t GROUP BY User_Id, t.\"Kind\""),
+            Some(vec!["user_id".to_string(), "Kind".to_string()])
+        );
+        assert_eq!(cols("SELECT COUNT(*) FROM t"), Some(vec![]));
+        assert_eq!(cols("SELECT a % 2, COUNT(*) FROM t GROUP BY a % 2"), None);
+        assert_eq!(cols("SELECT a, COUNT(*) FROM t GROUP BY 1"), None);
+        assert_eq!(cols("SELECT a, COUNT(*) FROM t GROUP BY ALL"), None);
+        assert_eq!(cols("SELECT a FROM t UNION SELECT a FROM u"), None);
     }
 
     #[test]

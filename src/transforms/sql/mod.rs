@@ -4,6 +4,8 @@
 pub mod analysis;
 mod operator;
 pub mod stateless;
+pub mod windowed;
 
 pub use operator::{Sql, table_names};
 use operator::{clean, register, sql_options};
+pub use windowed::WindowedSpec;

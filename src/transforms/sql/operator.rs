@@ -6,7 +6,9 @@
 //! whole input: on bounded input the batches are buffered per table and the query runs once at
 //! the end over in-memory tables, its result emitted then. Such a query that fails at run time
 //! (say a cast inside an aggregate) cannot be traced to input rows, so it fails the pipeline
-//! with the query's error; `validate` refuses these queries on unbounded input.
+//! with the query's error; `validate` refuses these queries on unbounded, unwindowed input.
+//! On windowed input such a query runs once per pane over the window's rows
+//! ([`super::windowed`]), bounded or unbounded input alike.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,8 +23,9 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::stateless::{self, CompileError, Steps};
+use super::windowed::{PerWindow, WindowedSpec};
 use crate::config::InputRef;
-use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
+use crate::pipeline::operator::{EngineError, ErrorRoute, EventTime, Operator, Output};
 use crate::record::{Batch, rows};
 
 /// The table each input is known by in the query: `PCOLLECTION` for unnamed inputs, else the
@@ -82,6 +85,8 @@ enum Mode {
     Stateless(Vec<Steps>),
     /// Batches kept per table until the input ends.
     Buffered(BTreeMap<String, Vec<Batch>>),
+    /// Rows kept per window, the query run per pane.
+    Windowed(Box<PerWindow>),
 }
 
 pub struct Sql {
@@ -92,34 +97,57 @@ pub struct Sql {
     bounded: bool,
     batch_size: usize,
     errors: ErrorRoute,
+    /// Set when the input is windowed: a query that needs more than one row runs per window.
+    windowed: Option<WindowedSpec>,
     mode: Mode,
 }
 
 impl Sql {
-    /// `tables[i]` is input `i`'s table name; `bounded` is whether every input ends.
+    /// `tables[i]` is input `i`'s table name; `bounded` is whether every input ends;
+    /// `windowed` is set when the input is windowed (see `Windowing::is_windowed`).
     pub fn new(
         query: &str,
         tables: Vec<String>,
         bounded: bool,
         batch_size: usize,
         errors: ErrorRoute,
+        windowed: Option<WindowedSpec>,
     ) -> Self {
-        let mut distinct = tables.clone();
-        distinct.sort();
-        distinct.dedup();
-        let mode = if distinct.len() > 1 {
-            Mode::Buffered(BTreeMap::new())
-        } else {
-            Mode::Undecided
-        };
-        Sql {
+        let mut sql = Sql {
             name: errors.transform().to_string(),
             query: query.to_string(),
             tables,
             bounded,
             batch_size,
             errors,
-            mode,
+            windowed,
+            mode: Mode::Undecided,
+        };
+        if sql.distinct_tables().len() > 1 {
+            sql.mode = sql.stateful_mode();
+        }
+        sql
+    }
+
+    fn distinct_tables(&self) -> Vec<String> {
+        let mut distinct = self.tables.clone();
+        distinct.sort();
+        distinct.dedup();
+        distinct
+    }
+
+    /// How a query that needs more than one row runs: per window on windowed input, else over
+    /// the whole (bounded) input.
+    fn stateful_mode(&self) -> Mode {
+        match &self.windowed {
+            Some(spec) => Mode::Windowed(Box::new(PerWindow::new(
+                spec.clone(),
+                &self.query,
+                self.distinct_tables(),
+                self.batch_size,
+                self.errors.clone(),
+            ))),
+            None => Mode::Buffered(BTreeMap::new()),
         }
     }
 
@@ -146,10 +174,11 @@ impl Sql {
                 Ok(Some(cached.len() - 1))
             }
             Err(CompileError::NotStateless(node))
-                if self.bounded && matches!(self.mode, Mode::Undecided) =>
+                if (self.bounded || self.windowed.is_some())
+                    && matches!(self.mode, Mode::Undecided) =>
             {
-                tracing::debug!(transform = %self.name, plan = %node, "Query needs the whole input; buffering it");
-                self.mode = Mode::Buffered(BTreeMap::new());
+                tracing::debug!(transform = %self.name, plan = %node, per_window = self.windowed.is_some(), "Query needs more than one row; buffering its input");
+                self.mode = self.stateful_mode();
                 Ok(None)
             }
             Err(CompileError::NotStateless(node)) => Err(self.config_err(format!(
@@ -215,7 +244,7 @@ impl Sql {
 ///
 /// # Errors
 /// A field that has different types in different batches.
-fn align(batches: &[RecordBatch]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+pub(super) fn align(batches: &[RecordBatch]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
     let mut fields: Vec<Field> = Vec::new();
     for b in batches {
         for f in b.schema().fields() {
@@ -260,49 +289,101 @@ impl Operator for Sql {
         batch: Batch,
         out: &mut Output,
     ) -> Result<(), EngineError> {
-        if let Mode::Buffered(_) = self.mode {
-            if !self.bounded {
+        match self.mode {
+            Mode::Windowed(_) => {}
+            Mode::Buffered(_) if !self.bounded => {
                 return Err(self.config_err(
                     "a query over several inputs needs them all to end, but an input is unbounded",
                 ));
             }
-        } else {
-            let schema = batch.user_rows().schema();
-            if let Some(i) = self.steps_for(&schema).await? {
-                let Mode::Stateless(cached) = &self.mode else {
-                    unreachable!("steps_for returned an index")
-                };
-                let evaluated = stateless::evaluate_isolating(&cached[i], &batch.rows);
-                if !evaluated.failed.is_empty() {
-                    let failures = evaluated
-                        .failed
-                        .iter()
-                        .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
-                        .collect();
-                    self.errors.report(out, &batch, failures);
+            Mode::Buffered(_) => {}
+            Mode::Undecided | Mode::Stateless(_) => {
+                let schema = batch.user_rows().schema();
+                if let Some(i) = self.steps_for(&schema).await? {
+                    let Mode::Stateless(cached) = &self.mode else {
+                        unreachable!("steps_for returned an index")
+                    };
+                    let evaluated = stateless::evaluate_isolating(&cached[i], &batch.rows);
+                    if !evaluated.failed.is_empty() {
+                        let failures = evaluated
+                            .failed
+                            .iter()
+                            .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
+                            .collect();
+                        self.errors.report(out, &batch, failures);
+                    }
+                    if let Some(rows) = evaluated.rows {
+                        out.main(batch.derive(rows));
+                    }
+                    return Ok(());
                 }
-                if let Some(rows) = evaluated.rows {
-                    out.main(batch.derive(rows));
-                }
-                return Ok(());
             }
         }
         let table = self.tables.get(input).cloned().unwrap_or_default();
-        if let Mode::Buffered(tables) = &mut self.mode {
-            tables.entry(table).or_default().push(batch);
+        match &mut self.mode {
+            Mode::Buffered(tables) => tables.entry(table).or_default().push(batch),
+            Mode::Windowed(w) => w.process(&table, batch, out).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        if let Mode::Windowed(w) = &mut self.mode {
+            w.on_watermark(watermark, out).await?;
         }
         Ok(())
     }
 
     async fn on_end(&mut self, out: &mut Output) -> Result<(), EngineError> {
         let mode = std::mem::replace(&mut self.mode, Mode::Undecided);
-        match &mode {
-            Mode::Buffered(tables) => self.run_buffered(tables, out).await?,
-            // No rows at all: an aggregate still answers (`COUNT(*)` is 0).
-            Mode::Undecided if self.bounded => self.run_buffered(&BTreeMap::new(), out).await?,
-            _ => {}
-        }
+        let mode = match mode {
+            Mode::Buffered(tables) => {
+                self.run_buffered(&tables, out).await?;
+                Mode::Buffered(tables)
+            }
+            Mode::Windowed(mut w) => {
+                w.on_end(out).await?;
+                Mode::Windowed(w)
+            }
+            // No rows at all: an aggregate still answers (`COUNT(*)` is 0). Per window, no
+            // rows means no window and no pane.
+            Mode::Undecided if self.bounded && self.windowed.is_none() => {
+                self.run_buffered(&BTreeMap::new(), out).await?;
+                Mode::Undecided
+            }
+            other => other,
+        };
         self.mode = mode;
+        Ok(())
+    }
+
+    async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        match &mut self.mode {
+            Mode::Windowed(w) => {
+                w.drain_keep();
+                Ok(())
+            }
+            _ => self.on_end(out).await,
+        }
+    }
+
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        self.windowed.as_ref().and_then(|w| w.windowing.early_every)
+    }
+
+    async fn on_timer(
+        &mut self,
+        _now: tokio::time::Instant,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        if let Mode::Windowed(w) = &mut self.mode {
+            w.on_timer(out).await?;
+        }
         Ok(())
     }
 }

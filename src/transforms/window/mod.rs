@@ -6,6 +6,7 @@ pub mod assign_timestamps;
 pub mod combine;
 pub mod dedup;
 pub mod extract_info;
+pub mod lateness;
 pub mod window_into;
 
 use crate::config::{PipelineSpec, TransformConfig};

@@ -20,10 +20,11 @@ use arrow::datatypes::{DataType, Field};
 use arrow::row::OwnedRow;
 use async_trait::async_trait;
 
-pub use state::PaneTiming;
 use state::{Group, GroupKey, Layout, StateBytes, emit_panes, key_of};
+pub use state::{PaneTiming, row_id};
 
 use super::aggregate::AggSpec;
+use super::lateness;
 use crate::config::components::CombineField;
 use crate::config::window::{WindowKind, Windowing};
 use crate::expr;
@@ -161,32 +162,15 @@ impl Combine {
     }
 
     fn is_expired(&self, w: &Window) -> bool {
-        !w.is_global() && w.end.saturating_add(self.windowing.allowed_lateness_ms) <= self.watermark
+        lateness::is_expired(&self.windowing, self.watermark, w)
     }
 
-    fn is_closed(&self, w: &Window) -> bool {
-        w.end <= self.watermark
-    }
-
-    /// Too late for `w`: past the allowed lateness, or its window fired and no late panes.
     fn rejects(&self, w: &Window) -> bool {
-        self.is_expired(w) || (self.is_closed(w) && !self.windowing.late_panes)
+        lateness::rejects(&self.windowing, self.watermark, w)
     }
 
     fn late_message(&self, ts: EventTime, w: &Window) -> String {
-        format!(
-            "late data: event time {} is in window [{}, {}), which closed at watermark {} (allowed lateness {}ms{}); the row was dropped",
-            fmt_time(ts),
-            fmt_time(w.start),
-            fmt_time(w.end),
-            fmt_time(self.watermark),
-            self.windowing.allowed_lateness_ms,
-            if self.windowing.late_panes {
-                ""
-            } else {
-                ", late panes off"
-            }
-        )
+        lateness::late_message(&self.windowing, self.watermark, ts, w)
     }
 
     /// Fires the groups selected by `pick` with `timing` into `out`.
@@ -325,18 +309,6 @@ fn merge_group(into: &mut Group, mut other: Group) -> Result<(), String> {
     into.on_time_fired |= other.on_time_fired;
     into.acks.append(&mut other.acks);
     Ok(())
-}
-
-fn fmt_time(ms: EventTime) -> String {
-    if ms == EventTime::MIN {
-        return "-∞".into();
-    }
-    if ms == END_OF_TIME {
-        return "+∞".into();
-    }
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
 }
 
 #[async_trait]
