@@ -198,8 +198,17 @@ pipeline:
         .expect("the sluice binary runs");
     // While idle before the end, the file sinks still hold every batch (files are complete only
     // at the end), so all five messages are received and none acknowledged yet.
+    // Scraped once the five were received and the publisher sink finished a write: the sink
+    // works on its batch concurrently with the scrape, so waiting for `received` alone races.
     let metrics = scrape_until(&format!("http://{addr}/metrics"), |m| {
         m.contains("sluice_source_messages_received_total{pipeline=\"p\",transform=\"Read\"} 5\n")
+            && m.lines().any(|l| {
+                l.strip_prefix(
+                    "sluice_sink_write_duration_seconds_count{pipeline=\"p\",transform=\"Publish\"} ",
+                )
+                .and_then(|n| n.parse::<f64>().ok())
+                .is_some_and(|n| n >= 1.0)
+            })
     })
     .await;
     let value = |series: &str| -> f64 {
