@@ -1,0 +1,398 @@
+//! The loop against both emulators: a lake table in bqemulator → the feeder (`ReadFromBigQuery`
+//! with `high_water_mark` → `WriteToPubSub`) → the Pub/Sub emulator → a windowed pipeline
+//! (`ReadFromPubSub` → `AssignTimestamps` → `Deduplicate` → 1-minute `Combine` →
+//! `WriteToBigQuery`) → a results table in bqemulator, read back over REST through the
+//! latest-pane view of `sql/latest_pane.sql`.
+//!
+//! Run with `emulator-tests/run-loop-tests.sh` (starts both emulators, sets
+//! `PUBSUB_EMULATOR_HOST`, `BIGQUERY_EMULATOR_HOST` and `SLUICE_REQUIRE_EMULATORS=1`, stops them
+//! afterwards). Without the emulators the test fails (it never skips under the script).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::pubsub::Connection;
+
+#[path = "support.rs"]
+mod support;
+use support::*;
+
+fn bq_base() -> String {
+    let host = std::env::var("BIGQUERY_EMULATOR_HOST")
+        .expect("BIGQUERY_EMULATOR_HOST is not set: run emulator-tests/run-loop-tests.sh");
+    format!("http://{host}/bigquery/v2/projects/{PROJECT}")
+}
+
+async fn bq_post(path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", bq_base()))
+        .json(&body)
+        .send()
+        .await
+        .expect("BigQuery emulator answers");
+    let status = resp.status();
+    let v: Value = resp.json().await.expect("JSON answer");
+    assert!(status.is_success(), "POST {path}: {status} {v}");
+    v
+}
+
+async fn create_table(ds: &str, table: &str, fields: Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/datasets", bq_base()))
+        .json(&json!({"datasetReference": {"projectId": PROJECT, "datasetId": ds}}))
+        .send()
+        .await
+        .expect("create dataset");
+    assert!(
+        resp.status().is_success() || resp.status().as_u16() == 409,
+        "{}",
+        resp.status()
+    );
+    bq_post(
+        &format!("/datasets/{ds}/tables"),
+        json!({
+            "tableReference": {"projectId": PROJECT, "datasetId": ds, "tableId": table},
+            "schema": {"fields": fields}
+        }),
+    )
+    .await;
+}
+
+async fn insert(ds: &str, table: &str, rows: &[Value]) {
+    let rows: Vec<Value> = rows.iter().map(|r| json!({"json": r})).collect();
+    let v = bq_post(
+        &format!("/datasets/{ds}/tables/{table}/insertAll"),
+        json!({"rows": rows}),
+    )
+    .await;
+    assert!(
+        v["insertErrors"].as_array().is_none_or(|e| e.is_empty()),
+        "{v}"
+    );
+}
+
+/// Runs `sql`; rows as objects of BigQuery's cell strings (TIMESTAMP as int64 µs).
+async fn query(sql: &str) -> Vec<Value> {
+    let v = bq_post("/queries", json!({"query": sql, "useLegacySql": false})).await;
+    assert!(v["errors"].as_array().is_none_or(|e| e.is_empty()), "{v}");
+    let fields = v["schema"]["fields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    v["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let cells = r["f"].as_array().cloned().unwrap_or_default();
+            Value::Object(
+                fields
+                    .iter()
+                    .zip(cells)
+                    .map(|(f, c)| (f["name"].as_str().unwrap().to_string(), c["v"].clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// One lake row: event `id` of `recipe` watched `secs` at `at` seconds past 2026-01-01, loaded
+/// into the lake at `loaded` seconds past it.
+fn event(id: &str, recipe: &str, secs: i64, at: i64, loaded: i64) -> Value {
+    let t = |s: i64| {
+        chrono::DateTime::from_timestamp(1_767_225_600 + s, 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    json!({"event_id": id, "recipe_id": recipe, "watch_seconds": secs,
+           "event_ts": t(at), "loaded_at": t(loaded)})
+}
+
+fn feeder_yaml(table: &str, topic: &str, state: &Path) -> String {
+    // batch_size 2: every page of the query is 2 rows, so rows with equal `loaded_at` are split
+    // across batches and the mark must only move at value boundaries.
+    format!(
+        r#"
+name: feeder
+options:
+  batch_size: 2
+pipeline:
+  transforms:
+    - type: ReadFromBigQuery
+      name: ReadLake
+      config:
+        table: {table}
+        high_water_mark:
+          column: loaded_at
+          state: {}
+    - type: WriteToPubSub
+      name: Publish
+      input: ReadLake
+      config:
+        topic: {topic}
+"#,
+        state.display()
+    )
+}
+
+fn windowed_yaml(subscription: &str, results: &str) -> String {
+    format!(
+        r#"
+name: minute_stats
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config:
+        subscription: {subscription}
+        format: JSON
+        schema:
+          type: object
+          properties:
+            event_id: {{type: string}}
+            recipe_id: {{type: string}}
+            watch_seconds: {{type: integer}}
+            event_ts: {{type: string}}
+            loaded_at: {{type: string}}
+          required: [event_id, recipe_id, watch_seconds, event_ts]
+        attributes: [sluice_id]
+        id_attribute: sluice_id
+    - type: AssignTimestamps
+      name: EventTime
+      input: Read
+      config:
+        timestamp: event_ts
+        # Nothing fires before the input ends: the totals do not depend on delivery order.
+        watermark: {{max_delay: 1h}}
+    - type: Deduplicate
+      name: Once
+      input: EventTime
+      config:
+        by: [sluice_id]
+        within: 1h
+    - type: Combine
+      name: PerMinute
+      input: Once
+      windowing: {{type: fixed, size: 1m}}
+      config:
+        group_by: [recipe_id]
+        combine:
+          views: {{fn: count, value: event_id}}
+          watch: {{fn: sum, value: watch_seconds}}
+    - type: WriteToBigQuery
+      name: WriteResults
+      input: PerMinute
+      config:
+        table: {results}
+"#
+    )
+}
+
+async fn run_ok(args: &[&str], conn: &Connection) -> std::process::Output {
+    let out = sluice(args, conn).await;
+    assert!(out.status.success(), "sluice {args:?}: {}", show(&out));
+    out
+}
+
+fn saved_mark(path: &Path) -> Value {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("state file")).expect("JSON");
+    v["mark"]["value"].clone()
+}
+
+/// `(messages, distinct sluice_ids)` the audit subscription has received since the last call.
+async fn audit(conn: &Connection, name: &str) -> (usize, std::collections::BTreeSet<String>) {
+    let mut n = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    // REST pulls return at most what is ready; pull until one comes back empty.
+    loop {
+        let got = rest_pull_messages(conn, name).await;
+        if got.is_empty() {
+            break;
+        }
+        n += got.len();
+        ids.extend(
+            got.iter()
+                .filter_map(|m| m["attributes"]["sluice_id"].as_str().map(str::to_string)),
+        );
+    }
+    (n, ids)
+}
+
+/// The latest-pane view's rows, trimmed to what the dashboard shows.
+async fn view_rows(view: &str) -> Vec<Value> {
+    query(&format!(
+        "SELECT window_start, recipe_id, pane_index, pane_timing, views, watch, sluice_id \
+         FROM {view} ORDER BY window_start, recipe_id"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
+    let conn =
+        emulator().expect("PUBSUB_EMULATOR_HOST is not set: run emulator-tests/run-loop-tests.sh");
+    let id = ids("loop");
+    let ds = format!("loop_{}", std::process::id());
+    let lake = format!("{PROJECT}.{ds}.events");
+    let results = format!("{PROJECT}.{ds}.minute_stats");
+    let (topic_name, sub_name, audit_sub) = (id("events"), id("events-sub"), id("audit-sub"));
+    create_topic(&conn, &topic_name).await;
+    create_subscription(&conn, &sub_name, &topic_name).await;
+    create_subscription(&conn, &audit_sub, &topic_name).await;
+    create_table(
+        &ds,
+        "events",
+        json!([
+            {"name": "event_id", "type": "STRING"},
+            {"name": "recipe_id", "type": "STRING"},
+            {"name": "watch_seconds", "type": "INT64"},
+            {"name": "event_ts", "type": "TIMESTAMP"},
+            {"name": "loaded_at", "type": "TIMESTAMP"}
+        ]),
+    )
+    .await;
+    // Minute 0: r1 ×2 (10 + 20 s), r2 ×1 (5 s). Minute 1: r1 ×1 (7 s), r2 ×2 — the same row
+    // twice in the lake, so two views (3 + 3 s). Minute 2: r1 ×1 (1 s), r3 ×2 (4 + 6 s).
+    // Three loads share `loaded_at` 100, two share 200 and 300.
+    let first_load = [
+        event("e1", "r1", 10, 5, 100),
+        event("e2", "r1", 20, 30, 100),
+        event("e3", "r2", 5, 45, 100),
+        event("e4", "r1", 7, 70, 200),
+        event("e5", "r2", 3, 80, 200),
+        event("e5", "r2", 3, 80, 200),
+        event("e7", "r1", 1, 120, 300),
+        event("e8", "r3", 4, 150, 300),
+        event("e9", "r3", 6, 179, 400),
+    ];
+    insert(&ds, "events", &first_load).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state/events.mark.json");
+
+    // A feeder whose publishing fails saves no mark: nothing it did not publish is skipped.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, feeder_yaml(&lake, &id("missing-topic"), &state)).unwrap();
+    let out = sluice(&["run", broken.to_str().unwrap()], &conn).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(!state.exists(), "no mark saved by a failed run");
+
+    let feeder = dir.path().join("feeder.yaml");
+    std::fs::write(&feeder, feeder_yaml(&lake, &topic_name, &state)).unwrap();
+    let f = feeder.to_str().unwrap();
+    run_ok(&["run", f], &conn).await;
+    let at = |s: i64| json!((1_767_225_600 + s) * 1_000_000);
+    assert_eq!(saved_mark(&state), at(400));
+    let (n, first_ids) = audit(&conn, &audit_sub).await;
+    assert_eq!(
+        (n, first_ids.len()),
+        (9, 9),
+        "one message per lake row, identical rows too"
+    );
+
+    // A crash after publishing everything but before saving past `loaded_at` 100 leaves the
+    // mark there: the next run publishes the 6 later rows again, with the same ids.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let rewound = text.replace(&at(400).to_string(), &at(100).to_string());
+    assert_ne!(rewound, text);
+    std::fs::write(&state, rewound).unwrap();
+    run_ok(&["run", f], &conn).await;
+    assert_eq!(saved_mark(&state), at(400));
+    let (n, again) = audit(&conn, &audit_sub).await;
+    assert_eq!(n, 6, "rows past the saved mark, once each");
+    assert!(
+        again.is_subset(&first_ids),
+        "republished rows keep their ids"
+    );
+
+    // Nothing new: nothing published. A new load: only it is published.
+    run_ok(&["run", f], &conn).await;
+    assert_eq!(audit(&conn, &audit_sub).await.0, 0);
+    insert(&ds, "events", &[event("e10", "r2", 8, 110, 500)]).await;
+    run_ok(&["run", f], &conn).await;
+    assert_eq!(saved_mark(&state), at(500));
+    let (n, new_ids) = audit(&conn, &audit_sub).await;
+    assert_eq!(n, 1);
+    assert!(new_ids.is_disjoint(&first_ids));
+
+    // The windowed pipeline reads all 16 messages and counts each lake row once.
+    let windowed = dir.path().join("windowed.yaml");
+    std::fs::write(&windowed, windowed_yaml(&sub_name, &results)).unwrap();
+    let w = windowed.to_str().unwrap();
+    run_ok(&["run", w, "--until-idle", "3s"], &conn).await;
+
+    let view_sql =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/latest_pane.sql"))
+            .unwrap();
+    let view = format!("`{PROJECT}.{ds}.minute_stats_latest`");
+    let create_view = view_sql
+        .replace("${view}", &view)
+        .replace("${results_table}", &format!("`{results}`"))
+        .replace("${keys}", "recipe_id");
+    query(create_view.trim().trim_end_matches(';')).await;
+    let minute = |m: i64| ((1_767_225_600 + 60 * m) * 1_000_000).to_string();
+    let expected = [
+        (0, "r1", 2, 30),
+        (0, "r2", 1, 5),
+        (1, "r1", 1, 7),
+        (1, "r2", 3, 14),
+        (2, "r1", 1, 1),
+        (2, "r3", 2, 10),
+    ];
+    let rows = view_rows(&view).await;
+    let shown: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"window_start": r["window_start"], "recipe_id": r["recipe_id"],
+                   "pane_index": r["pane_index"], "pane_timing": r["pane_timing"],
+                   "views": r["views"], "watch": r["watch"]})
+        })
+        .collect();
+    let want: Vec<Value> = expected
+        .iter()
+        .map(|(m, r, views, watch)| {
+            json!({"window_start": minute(*m), "recipe_id": r, "pane_index": "0",
+                   "pane_timing": "ON_TIME", "views": views.to_string(),
+                   "watch": watch.to_string()})
+        })
+        .collect();
+    assert_eq!(shown, want);
+    let count = |sql: String| async move { query(&sql).await[0]["n"].clone() };
+    assert_eq!(
+        count(format!("SELECT COUNT(*) AS n FROM `{results}`")).await,
+        json!("6")
+    );
+
+    // Replay the same input from scratch: the feeder without its mark publishes all 10 rows
+    // again (same ids), the windowed pipeline writes the same panes (same sluice_ids) again.
+    // The emulator does not deduplicate insertIds, so the table holds every pane twice; the
+    // latest-pane view is unchanged.
+    std::fs::remove_file(&state).unwrap();
+    run_ok(&["run", f], &conn).await;
+    let (n, replayed) = audit(&conn, &audit_sub).await;
+    assert_eq!(n, 10);
+    assert_eq!(
+        replayed,
+        first_ids.union(&new_ids).cloned().collect(),
+        "a replay publishes every row with its first id"
+    );
+    run_ok(&["run", w, "--until-idle", "3s"], &conn).await;
+    assert_eq!(view_rows(&view).await, rows, "latest-pane view unchanged");
+    assert_eq!(
+        count(format!("SELECT COUNT(*) AS n FROM `{results}`")).await,
+        json!("12")
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(DISTINCT sluice_id) AS n FROM `{results}`"
+        ))
+        .await,
+        json!("6")
+    );
+    // Nothing is left unacknowledged on the pipeline's subscription.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rest_pull(&conn, &sub_name).await.is_empty());
+}
