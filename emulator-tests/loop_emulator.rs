@@ -115,7 +115,6 @@ fn feeder_yaml(table: &str, topic: &str, state: &Path) -> String {
     // across batches and the mark must only move at value boundaries.
     format!(
         r#"
-name: feeder
 options:
   batch_size: 2
 pipeline:
@@ -137,16 +136,17 @@ pipeline:
     )
 }
 
-fn windowed_yaml(subscription: &str, results: &str) -> String {
+/// The subscription comes from `--var subscription=…`: both runs use this one file, so the
+/// pipeline's name, and with it the ids of its panes, are the same.
+fn windowed_yaml(results: &str) -> String {
     format!(
         r#"
-name: minute_stats
 pipeline:
   transforms:
     - type: ReadFromPubSub
       name: Read
       config:
-        subscription: {subscription}
+        subscription: "{{{{ subscription }}}}"
         format: JSON
         schema:
           type: object
@@ -196,29 +196,48 @@ async fn run_ok(args: &[&str], conn: &Connection) -> std::process::Output {
     out
 }
 
+/// A transform's "rows out" in the run summary `sluice run` prints on stderr.
+fn rows_out(out: &std::process::Output, transform: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() == 4 && cols[0] == transform).then(|| cols[2].parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no summary line for {transform}:\n{text}"))
+}
+
 fn saved_mark(path: &Path) -> Value {
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("state file")).expect("JSON");
     v["mark"]["value"].clone()
 }
 
-/// `(messages, distinct sluice_ids)` the audit subscription has received since the last call.
-async fn audit(conn: &Connection, name: &str) -> (usize, std::collections::BTreeSet<String>) {
-    let mut n = 0;
-    let mut ids = std::collections::BTreeSet::new();
-    // REST pulls return at most what is ready; pull until one comes back empty.
-    loop {
-        let got = rest_pull_messages(conn, name).await;
-        if got.is_empty() {
-            break;
-        }
-        n += got.len();
-        ids.extend(
-            got.iter()
-                .filter_map(|m| m["attributes"]["sluice_id"].as_str().map(str::to_string)),
+/// A second subscription on the feeder's topic, read by a streaming pull in the background:
+/// what the feeder published, message by message.
+struct Audit {
+    collector: Collector,
+    seen: usize,
+}
+
+impl Audit {
+    /// Waits for `n` more messages, then a moment longer to see that no more come; returns
+    /// their `sluice_id`s.
+    async fn next(&mut self, n: usize) -> std::collections::BTreeSet<String> {
+        let want = self.seen + n;
+        self.collector.wait_for(want, Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(self.collector.len(), want, "exactly {n} more messages");
+        let ids: Vec<String> = self.collector.ids();
+        self.seen = want;
+        let fresh = &ids[want - n..];
+        let set: std::collections::BTreeSet<String> = fresh.iter().cloned().collect();
+        assert!(
+            fresh.iter().all(|i| !i.is_empty()),
+            "every message has a sluice_id"
         );
+        set
     }
-    (n, ids)
 }
 
 /// The latest-pane view's rows, trimmed to what the dashboard shows.
@@ -238,10 +257,24 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     let ds = format!("loop_{}", std::process::id());
     let lake = format!("{PROJECT}.{ds}.events");
     let results = format!("{PROJECT}.{ds}.minute_stats");
-    let (topic_name, sub_name, audit_sub) = (id("events"), id("events-sub"), id("audit-sub"));
+    let (topic_name, sub_name, replay_sub, audit_sub) = (
+        id("events"),
+        id("events-sub"),
+        id("replay-sub"),
+        id("audit-sub"),
+    );
     create_topic(&conn, &topic_name).await;
     create_subscription(&conn, &sub_name, &topic_name).await;
     create_subscription(&conn, &audit_sub, &topic_name).await;
+    // The replay's consumer: it sees every message ever published, duplicates included. (A
+    // second streaming pull on `sub_name` right after the first run ended gets nothing on the
+    // emulator: it hands new messages to the closed stream and redelivers them only after the
+    // lease of 60 s.)
+    create_subscription(&conn, &replay_sub, &topic_name).await;
+    let mut audit = Audit {
+        collector: Collector::start(&conn, &audit_sub).await,
+        seen: 0,
+    };
     create_table(
         &ds,
         "events",
@@ -286,11 +319,11 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     run_ok(&["run", f], &conn).await;
     let at = |s: i64| json!((1_767_225_600 + s) * 1_000_000);
     assert_eq!(saved_mark(&state), at(400));
-    let (n, first_ids) = audit(&conn, &audit_sub).await;
+    let first_ids = audit.next(9).await;
     assert_eq!(
-        (n, first_ids.len()),
-        (9, 9),
-        "one message per lake row, identical rows too"
+        first_ids.len(),
+        9,
+        "one id per lake row, identical rows too"
     );
 
     // A crash after publishing everything but before saving past `loaded_at` 100 leaves the
@@ -301,8 +334,9 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     std::fs::write(&state, rewound).unwrap();
     run_ok(&["run", f], &conn).await;
     assert_eq!(saved_mark(&state), at(400));
-    let (n, again) = audit(&conn, &audit_sub).await;
-    assert_eq!(n, 6, "rows past the saved mark, once each");
+    // Rows past the saved mark, once each, with the ids they had.
+    let again = audit.next(6).await;
+    assert_eq!(again.len(), 6);
     assert!(
         again.is_subset(&first_ids),
         "republished rows keep their ids"
@@ -310,19 +344,23 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
 
     // Nothing new: nothing published. A new load: only it is published.
     run_ok(&["run", f], &conn).await;
-    assert_eq!(audit(&conn, &audit_sub).await.0, 0);
+    audit.next(0).await;
     insert(&ds, "events", &[event("e10", "r2", 8, 110, 500)]).await;
     run_ok(&["run", f], &conn).await;
     assert_eq!(saved_mark(&state), at(500));
-    let (n, new_ids) = audit(&conn, &audit_sub).await;
-    assert_eq!(n, 1);
+    let new_ids = audit.next(1).await;
     assert!(new_ids.is_disjoint(&first_ids));
 
     // The windowed pipeline reads all 16 messages and counts each lake row once.
     let windowed = dir.path().join("windowed.yaml");
-    std::fs::write(&windowed, windowed_yaml(&sub_name, &results)).unwrap();
+    std::fs::write(&windowed, windowed_yaml(&results)).unwrap();
     let w = windowed.to_str().unwrap();
-    run_ok(&["run", w, "--until-idle", "3s"], &conn).await;
+    let first_sub = format!("subscription={sub_name}");
+    run_ok(
+        &["run", w, "--var", &first_sub, "--until-idle", "3s"],
+        &conn,
+    )
+    .await;
 
     let view_sql =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/latest_pane.sql"))
@@ -367,19 +405,29 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     );
 
     // Replay the same input from scratch: the feeder without its mark publishes all 10 rows
-    // again (same ids), the windowed pipeline writes the same panes (same sluice_ids) again.
+    // again (same ids); the same windowed pipeline, reading every message published so far
+    // (9 + 6 + 1 + 10), writes the same panes (same sluice_ids) again.
     // The emulator does not deduplicate insertIds, so the table holds every pane twice; the
     // latest-pane view is unchanged.
     std::fs::remove_file(&state).unwrap();
     run_ok(&["run", f], &conn).await;
-    let (n, replayed) = audit(&conn, &audit_sub).await;
-    assert_eq!(n, 10);
+    let replayed = audit.next(10).await;
     assert_eq!(
         replayed,
         first_ids.union(&new_ids).cloned().collect(),
         "a replay publishes every row with its first id"
     );
-    run_ok(&["run", w, "--until-idle", "3s"], &conn).await;
+    let replay_sub_var = format!("subscription={replay_sub}");
+    let out = run_ok(
+        &["run", w, "--var", &replay_sub_var, "--until-idle", "3s"],
+        &conn,
+    )
+    .await;
+    assert_eq!(
+        (rows_out(&out, "Read"), rows_out(&out, "Once")),
+        (26, 10),
+        "the replay's consumer read every message, duplicates included, and kept each row once"
+    );
     assert_eq!(view_rows(&view).await, rows, "latest-pane view unchanged");
     assert_eq!(
         count(format!("SELECT COUNT(*) AS n FROM `{results}`")).await,
@@ -392,7 +440,7 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
         .await,
         json!("6")
     );
-    // Nothing is left unacknowledged on the pipeline's subscription.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Nothing is left unacknowledged on the pipelines' subscriptions.
     assert!(rest_pull(&conn, &sub_name).await.is_empty());
+    assert!(rest_pull(&conn, &replay_sub).await.is_empty());
 }
