@@ -444,3 +444,90 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     assert!(rest_pull(&conn, &sub_name).await.is_empty());
     assert!(rest_pull(&conn, &replay_sub).await.is_empty());
 }
+
+#[tokio::test]
+async fn periodic_feeder_follows_new_rows_survives_sigkill_and_ends_when_idle() {
+    let conn =
+        emulator().expect("PUBSUB_EMULATOR_HOST is not set: run emulator-tests/run-loop-tests.sh");
+    let id = ids("poll");
+    let ds = format!("poll_{}", std::process::id());
+    let lake = format!("{PROJECT}.{ds}.events");
+    let (topic_name, audit_sub) = (id("events"), id("audit-sub"));
+    create_topic(&conn, &topic_name).await;
+    create_subscription(&conn, &audit_sub, &topic_name).await;
+    let mut audit = Audit {
+        collector: Collector::start(&conn, &audit_sub).await,
+        seen: 0,
+    };
+    create_table(
+        &ds,
+        "events",
+        json!([
+            {"name": "event_id", "type": "STRING"},
+            {"name": "recipe_id", "type": "STRING"},
+            {"name": "watch_seconds", "type": "INT64"},
+            {"name": "event_ts", "type": "TIMESTAMP"},
+            {"name": "loaded_at", "type": "TIMESTAMP"}
+        ]),
+    )
+    .await;
+    insert(
+        &ds,
+        "events",
+        &[
+            event("p1", "r1", 1, 1, 100),
+            event("p2", "r1", 2, 2, 100),
+            event("p3", "r2", 3, 3, 100),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("events.mark.json");
+    let feeder = dir.path().join("feeder.yaml");
+    let yaml = feeder_yaml(&lake, &topic_name, &state).replace(
+        "          state:",
+        "          every: 500ms\n          state:",
+    );
+    std::fs::write(&feeder, yaml).unwrap();
+    let at = |s: i64| json!((1_767_225_600 + s) * 1_000_000);
+
+    // A running feeder publishes what is there, then each new load on its next poll.
+    let (mut child, _) = start(&conn, &feeder, &[]);
+    let first = audit.next(3).await;
+    insert(
+        &ds,
+        "events",
+        &[event("p4", "r2", 4, 4, 200), event("p5", "r3", 5, 5, 200)],
+    )
+    .await;
+    let second = audit.next(2).await;
+    assert!(second.is_disjoint(&first));
+    eventually(
+        "the mark is saved past the second load",
+        Duration::from_secs(10),
+        || {
+            let state = state.clone();
+            async move { state.exists() && saved_mark(&state) == at(200) }
+        },
+    )
+    .await;
+
+    // SIGKILL: no drain, no last save. The file is intact and the next run resumes from it.
+    child.start_kill().expect("kill");
+    let _ = child.wait().await;
+    assert_eq!(saved_mark(&state), at(200));
+    insert(&ds, "events", &[event("p6", "r3", 6, 6, 300)]).await;
+    let out = run_ok(
+        &["run", feeder.to_str().unwrap(), "--until-idle", "2s"],
+        &conn,
+    )
+    .await;
+    assert_eq!(
+        rows_out(&out, "ReadLake"),
+        1,
+        "only the row loaded after the kill"
+    );
+    let third = audit.next(1).await;
+    assert!(third.is_disjoint(&first) && third.is_disjoint(&second));
+    assert_eq!(saved_mark(&state), at(300));
+}
