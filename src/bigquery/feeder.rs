@@ -43,6 +43,8 @@ struct Shared {
     read: AtomicU64,
     /// Rows the queries so far reported (for the bar of a bounded run).
     total: AtomicU64,
+    /// A query answered (its row count is in `total`, possibly 0).
+    answered: AtomicBool,
     periodic: bool,
 }
 
@@ -116,6 +118,9 @@ impl Shared {
             )
         } else {
             let total = self.total.load(Ordering::Relaxed).max(read);
+            if !self.answered.load(Ordering::Relaxed) {
+                return format!("{}: querying, mark {mark}", self.name);
+            }
             format!(
                 "{}: {} {}/{} rows published, mark {mark}",
                 self.name,
@@ -229,6 +234,7 @@ pub async fn run(
         save_error: Mutex::default(),
         read: AtomicU64::new(0),
         total: AtomicU64::new(0),
+        answered: AtomicBool::new(false),
         periodic: hwm.every.is_some(),
     });
     if let Some(m) = &saved {
@@ -400,6 +406,7 @@ impl Poller<'_> {
         while let Some(page) = pager.next().await.map_err(fail)? {
             if !counted_total && let Some(total) = pager.total_rows {
                 self.shared.total.fetch_add(total, Ordering::Relaxed);
+                self.shared.answered.store(true, Ordering::Relaxed);
                 counted_total = true;
             }
             if page.rows.is_empty() {
