@@ -98,3 +98,83 @@ pipeline:
 ",
     );
 }
+
+#[test]
+fn high_water_mark_problems_are_reported_where_written() {
+    let text = "\
+pipeline:
+  transforms:
+    - type: ReadFromBigQuery
+      name: FromQuery
+      config:
+        query: SELECT 1 AS x
+        high_water_mark: {column: x, state: m.json}
+    - type: ReadFromBigQuery
+      name: NotSelected
+      config:
+        table: p.d.t
+        fields: [a, b]
+        high_water_mark:
+          column: loaded_at
+          state: m.json
+          every: 0s
+    - type: ReadFromBigQuery
+      name: Incomplete
+      config:
+        table: p.d.t
+        high_water_mark:
+          colum: loaded_at
+    - type: Flatten
+      input: [FromQuery, NotSelected, Incomplete]
+    - type: LogForTesting
+      input: Flatten
+";
+    let d = diagnostics(text);
+    let expected = [
+        "p.yaml:7:26: `high_water_mark` reads a `table`, not a `query`",
+        "hint: use `table:` with `row_restriction:` for the filter",
+        "p.yaml:14:19: the high-water mark column `loaded_at` is not among `fields`",
+        "hint: add `loaded_at` to `fields`",
+        "p.yaml:16:18: `every` must be longer than 0",
+        "p.yaml:22:11: unknown key `colum` in `high_water_mark`",
+        "hint: did you mean `column`?",
+        "p.yaml:22:16: `high_water_mark` is missing required key `column`",
+        "p.yaml:22:16: `high_water_mark` is missing required key `state`",
+    ];
+    for e in expected {
+        assert!(d.contains(e), "missing {e:?} in:\n{d}");
+    }
+}
+
+#[test]
+fn a_feeder_is_bounded_without_every_and_unbounded_with_it() {
+    let feeder = |every: &str| {
+        format!(
+            "\
+pipeline:
+  transforms:
+    - type: ReadFromBigQuery
+      name: Read
+      config:
+        table: lake.events
+        high_water_mark:
+          column: loaded_at
+          state: /tmp/m.json
+{every}
+    - type: Sql
+      input: Read
+      config:
+        query: SELECT user, COUNT(*) AS n FROM PCOLLECTION GROUP BY user
+    - type: LogForTesting
+      input: Sql
+"
+        )
+    };
+    // An aggregating query needs the whole (bounded) input.
+    valid(&feeder(""));
+    let d = diagnostics(&feeder("          every: 30s"));
+    assert!(
+        d.contains("the input of `Sql` is unbounded and not windowed"),
+        "{d}"
+    );
+}

@@ -5,7 +5,7 @@
 //! takes the project from `GOOGLE_CLOUD_PROJECT` at run time.
 
 use crate::config::diag::{Pos, Reporter, suggest};
-use crate::config::yaml::{Located, MapReader};
+use crate::config::yaml::{Located, MapReader, pos_of};
 
 /// A table reference. `project` is `None` when the spec named only `dataset.table`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,8 @@ pub struct ReadConfig {
     pub source: ReadSource,
     pub fields: Vec<String>,
     pub row_restriction: Option<String>,
+    /// Sluice extension: read only rows past a durable high-water mark (the feeder).
+    pub high_water_mark: Option<super::hwm::HighWaterMark>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +133,13 @@ pub const WRITE_KEYS: &[&str] = &[
     "cluster_by",
 ];
 
-pub const READ_KEYS: &[&str] = &["table", "query", "fields", "row_restriction"];
+pub const READ_KEYS: &[&str] = &[
+    "table",
+    "query",
+    "fields",
+    "row_restriction",
+    "high_water_mark",
+];
 
 fn table_ref(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<Located<TableRef>> {
     let t = r.string("table", rep)?;
@@ -241,11 +249,7 @@ pub fn parse_write(
     if cluster_by.len() > 4
         && let Some(n) = r.node("cluster_by")
     {
-        rep.error(
-            crate::config::yaml::pos_of(n),
-            "BigQuery clusters on at most 4 fields",
-            None,
-        );
+        rep.error(pos_of(n), "BigQuery clusters on at most 4 fields", None);
     }
     Some(WriteConfig {
         table: table?,
@@ -269,6 +273,13 @@ pub fn parse_read(r: &mut MapReader<'_>, fallback: Pos, rep: &mut Reporter) -> O
         .map(|f| f.value)
         .collect();
     let row_restriction = r.string("row_restriction", rep);
+    let high_water_mark = r
+        .node("high_water_mark")
+        .and_then(|n| super::hwm::parse(n, rep));
+    if let Some(h) = &high_water_mark {
+        let at = r.node("high_water_mark").map_or(fallback, pos_of);
+        super::hwm::check(h, &fields, query.is_some(), at, rep);
+    }
     let table = table_ref(r, rep);
     let source = match (has_table, query) {
         (true, Some(q)) => {
@@ -308,6 +319,7 @@ pub fn parse_read(r: &mut MapReader<'_>, fallback: Pos, rep: &mut Reporter) -> O
         source,
         fields,
         row_restriction: row_restriction.map(|r| r.value),
+        high_water_mark,
     })
 }
 

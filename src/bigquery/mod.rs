@@ -1,8 +1,10 @@
-//! BigQuery: `WriteToBigQuery` (streaming inserts), `ReadFromBigQuery` (query paging) and
-//! `sluice setup` support. See docs/bigquery.md.
+//! BigQuery: `WriteToBigQuery` (streaming inserts), `ReadFromBigQuery` (query paging, and the
+//! high-water-mark feeder) and `sluice setup` support. See docs/bigquery.md.
 
 pub mod client;
 pub mod config;
+pub mod feeder;
+pub mod hwm;
 pub mod schema;
 pub mod setup;
 pub mod sink;

@@ -6,7 +6,8 @@
 //! plain JSON rows (INT64 and FLOAT64 from their string form, TIMESTAMP from int64 µs — the
 //! emulator — or float seconds — BigQuery — to µs) and decoded with the schema BigQuery
 //! reported (see [`super::schema`]). A row that does not decode goes to the error output. The
-//! source ends with watermark +∞.
+//! source ends with watermark +∞. With `high_water_mark` the read is a feeder instead (see
+//! [`super::feeder`]), built from the same [`Pager`] and [`RowDecoder`].
 
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::model::field_type::FieldType;
@@ -31,11 +32,11 @@ use crate::record::json::JsonDecoder;
 const POLL_TIMEOUT_MS: i32 = 10_000;
 
 pub struct ReadFromBigQuery {
-    name: String,
-    cfg: ReadConfig,
+    pub(super) name: String,
+    pub(super) cfg: ReadConfig,
     batch_size: usize,
-    errors: ErrorRoute,
-    ports: usize,
+    pub(super) errors: ErrorRoute,
+    pub(super) ports: usize,
 }
 
 impl ReadFromBigQuery {
@@ -109,6 +110,7 @@ struct Page {
     page_token: Option<String>,
     job_id: Option<String>,
     location: Option<String>,
+    total_rows: Option<u64>,
 }
 
 fn job_error(
@@ -146,6 +148,7 @@ async fn first_page(client: &Client, project: &str, sql: &str, page: i32) -> Res
         page_token: resp.page_token,
         job_id: job.job_id,
         location: job.location,
+        total_rows: resp.total_rows.and_then(|t| t.parse().ok()),
     })
 }
 
@@ -182,91 +185,269 @@ async fn next_page(
         page_token: resp.page_token,
         job_id: Some(job_id.to_string()),
         location: location.map(str::to_string),
+        total_rows: resp.total_rows.and_then(|t| t.parse().ok()),
     })
+}
+
+/// Where a [`Pager`] is.
+enum PagerState {
+    Ready(Page),
+    Follow {
+        job_id: String,
+        location: Option<String>,
+        token: Option<String>,
+    },
+    Done,
+}
+
+/// The complete pages of one query, in order: `jobs.query`, then `jobs.getQueryResults` while
+/// the job runs or a `pageToken` follows.
+pub struct Pager<'a> {
+    client: &'a Client,
+    project: String,
+    page_size: i32,
+    state: PagerState,
+    fields: Option<Vec<TableFieldSchema>>,
+    /// The result's row count, once BigQuery reported it.
+    pub total_rows: Option<u64>,
+}
+
+/// A page of rows; `last` when no page follows.
+pub struct PageRows {
+    pub rows: Vec<TableRow>,
+    pub last: bool,
+}
+
+impl<'a> Pager<'a> {
+    /// Starts `sql` in `project`.
+    ///
+    /// # Errors
+    /// BigQuery refused the query, or did not answer within the retry budget.
+    pub async fn start(
+        client: &'a Client,
+        project: &str,
+        sql: &str,
+        page_size: i32,
+    ) -> Result<Pager<'a>, BqError> {
+        let page = first_page(client, project, sql, page_size).await?;
+        Ok(Pager {
+            client,
+            project: project.to_string(),
+            page_size,
+            state: PagerState::Ready(page),
+            fields: None,
+            total_rows: None,
+        })
+    }
+
+    /// The result's columns (known from the first complete page on).
+    pub fn fields(&self) -> &[TableFieldSchema] {
+        self.fields.as_deref().unwrap_or_default()
+    }
+
+    /// The next complete page, `None` after the last.
+    ///
+    /// # Errors
+    /// As [`Pager::start`].
+    pub async fn next(&mut self) -> Result<Option<PageRows>, BqError> {
+        loop {
+            let page = match std::mem::replace(&mut self.state, PagerState::Done) {
+                PagerState::Done => return Ok(None),
+                PagerState::Ready(p) => p,
+                PagerState::Follow {
+                    job_id,
+                    location,
+                    token,
+                } => {
+                    next_page(
+                        self.client,
+                        &self.project,
+                        &job_id,
+                        location.as_deref(),
+                        token.as_deref(),
+                        self.page_size,
+                    )
+                    .await?
+                }
+            };
+            self.state = match (page.complete, page.page_token.clone(), page.job_id.clone()) {
+                (_, _, None) | (true, None, _) => PagerState::Done,
+                (true, Some(t), Some(job_id)) => PagerState::Follow {
+                    job_id,
+                    location: page.location.clone(),
+                    token: Some(t),
+                },
+                (false, _, Some(job_id)) => PagerState::Follow {
+                    job_id,
+                    location: page.location.clone(),
+                    token: None,
+                },
+            };
+            if !page.complete {
+                continue;
+            }
+            if self.fields.is_none()
+                && let Some(s) = page.schema
+            {
+                self.fields = Some(s.fields.unwrap_or_default());
+            }
+            if page.total_rows.is_some() {
+                self.total_rows = page.total_rows;
+            }
+            return Ok(Some(PageRows {
+                rows: page.rows,
+                last: matches!(self.state, PagerState::Done),
+            }));
+        }
+    }
+}
+
+/// BigQuery rows → typed Arrow batches, through plain JSON rows ([`row_to_json`]).
+pub struct RowDecoder {
+    fields: Vec<TableFieldSchema>,
+    json: JsonDecoder,
+}
+
+/// A decoded page: the rows as JSON lines (one per input row), the batch of the good ones,
+/// which lines were good, and the bad ones as `(payload, reason)`.
+pub struct Decoded {
+    pub lines: Vec<Vec<u8>>,
+    /// The mark column's values, when asked for.
+    pub marks: Vec<Value>,
+    pub rows: Option<arrow::array::RecordBatch>,
+    pub good: Vec<bool>,
+    pub failures: Vec<(String, String)>,
+}
+
+impl RowDecoder {
+    /// # Errors
+    /// An Arrow type the JSON decoder cannot produce (a bug).
+    pub fn new(fields: &[TableFieldSchema]) -> Result<Self, String> {
+        let s = TableSchema::new(fields.to_vec());
+        let json = JsonDecoder::new(schema::to_arrow(&s)).map_err(|e| e.to_string())?;
+        Ok(RowDecoder {
+            fields: fields.to_vec(),
+            json,
+        })
+    }
+
+    pub fn fields(&self) -> &[TableFieldSchema] {
+        &self.fields
+    }
+
+    /// Decodes `rows`; with `mark`, also returns that column's values (as [`row_to_json`] gives
+    /// them) in row order.
+    pub fn decode(&mut self, rows: &[TableRow], mark: Option<&str>) -> Decoded {
+        let mut marks = Vec::new();
+        let lines: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|row| {
+                let obj = row_to_json(&self.fields, row);
+                if let Some(m) = mark {
+                    marks.push(obj.get(m).cloned().unwrap_or(Value::Null));
+                }
+                Value::Object(obj).to_string().into_bytes()
+            })
+            .collect();
+        let mut chunk = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in &lines {
+            chunk.extend_from_slice(l);
+            chunk.push(b'\n');
+        }
+        let (batch, bad) = self.json.decode_lines(&chunk);
+        let mut good = vec![true; lines.len()];
+        if !bad.is_empty() {
+            // Bad records carry their line as payload: mark that many equal lines as bad.
+            let mut left: std::collections::HashMap<&[u8], usize> = Default::default();
+            for b in &bad {
+                *left.entry(b.payload.as_bytes()).or_default() += 1;
+            }
+            for (i, l) in lines.iter().enumerate() {
+                if let Some(n) = left.get_mut(l.as_slice())
+                    && *n > 0
+                {
+                    *n -= 1;
+                    good[i] = false;
+                }
+            }
+        }
+        let failures = bad
+            .into_iter()
+            .map(|b| {
+                (
+                    b.payload,
+                    format!("cannot convert BigQuery row: {}", b.error),
+                )
+            })
+            .collect();
+        Decoded {
+            lines,
+            marks,
+            rows: batch,
+            good,
+            failures,
+        }
+    }
 }
 
 #[async_trait]
 impl Source for ReadFromBigQuery {
     async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        if let Some(hwm) = self.cfg.high_water_mark.clone() {
+            return super::feeder::run(self, &hwm, sink).await;
+        }
         let (sql, project) = self.sql().map_err(|e| EngineError::config(&self.name, e))?;
         let c = client::connect()
             .await
             .map_err(|e| EngineError::external(&self.name, "cannot connect to BigQuery", e))?;
-        let page_size = i32::try_from(self.batch_size).unwrap_or(i32::MAX).max(1);
-        let fail = |e: BqError| match e {
+        let fail = |e: BqError| self.query_failed(e, &sql);
+        let mut pager = Pager::start(&c, &project, &sql, self.page_size())
+            .await
+            .map_err(fail)?;
+        let mut decoder: Option<RowDecoder> = None;
+        let mut out = Output::new(self.ports);
+        while let Some(page) = pager.next().await.map_err(fail)? {
+            if sink.stopping() {
+                return Ok(());
+            }
+            if page.rows.is_empty() {
+                continue;
+            }
+            let d = match &mut decoder {
+                Some(d) => d,
+                None => decoder.insert(
+                    RowDecoder::new(pager.fields())
+                        .map_err(|e| EngineError::internal(&self.name, e))?,
+                ),
+            };
+            let decoded = d.decode(&page.rows, None);
+            self.errors.report(
+                &mut out,
+                &Batch::new(arrow::array::RecordBatch::new_empty(ErrorRoute::schema())),
+                decoded.failures,
+            );
+            if let Some(rows) = decoded.rows {
+                out.main(Batch::new(rows));
+            }
+            crate::io::files::forward(&mut out, sink).await?;
+        }
+        sink.watermark(END_OF_TIME).await
+    }
+}
+
+impl ReadFromBigQuery {
+    pub(super) fn page_size(&self) -> i32 {
+        i32::try_from(self.batch_size).unwrap_or(i32::MAX).max(1)
+    }
+
+    /// The run's error for a failed query.
+    pub(super) fn query_failed(&self, e: BqError, sql: &str) -> EngineError {
+        match e {
             BqError::Job(m) => {
                 EngineError::config(&self.name, format!("query failed: {m} (query: {sql})"))
             }
             e => EngineError::external(&self.name, format!("query failed (query: {sql})"), e),
-        };
-        let mut page = first_page(&c, &project, &sql, page_size)
-            .await
-            .map_err(fail)?;
-        let mut decoder: Option<(Vec<TableFieldSchema>, JsonDecoder)> = None;
-        let mut out = Output::new(self.ports);
-        loop {
-            if sink.stopping() {
-                return Ok(());
-            }
-            if page.complete {
-                if decoder.is_none()
-                    && let Some(s) = &page.schema
-                {
-                    let arrow = schema::to_arrow(s);
-                    let d = JsonDecoder::new(arrow)
-                        .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
-                    decoder = Some((s.fields.clone().unwrap_or_default(), d));
-                }
-                if let Some((fields, d)) = decoder.as_mut()
-                    && !page.rows.is_empty()
-                {
-                    let mut lines = Vec::new();
-                    for row in &page.rows {
-                        let obj = row_to_json(fields, row);
-                        lines.extend_from_slice(Value::Object(obj).to_string().as_bytes());
-                        lines.push(b'\n');
-                    }
-                    let (rows, bad) = d.decode_lines(&lines);
-                    let failures = bad
-                        .into_iter()
-                        .map(|b| {
-                            (
-                                b.payload,
-                                format!("cannot convert BigQuery row: {}", b.error),
-                            )
-                        })
-                        .collect();
-                    self.errors.report(
-                        &mut out,
-                        &Batch::new(arrow::array::RecordBatch::new_empty(ErrorRoute::schema())),
-                        failures,
-                    );
-                    if let Some(rows) = rows {
-                        out.main(Batch::new(rows));
-                    }
-                    crate::io::files::forward(&mut out, sink).await?;
-                }
-            }
-            let Some(job_id) = page.job_id.clone() else {
-                break;
-            };
-            let token = match (page.complete, page.page_token.clone()) {
-                (true, None) => break,
-                (true, Some(t)) => Some(t),
-                (false, _) => None,
-            };
-            page = next_page(
-                &c,
-                &project,
-                &job_id,
-                page.location.as_deref(),
-                token.as_deref(),
-                page_size,
-            )
-            .await
-            .map_err(fail)?;
         }
-        sink.watermark(END_OF_TIME).await
     }
 }
 

@@ -56,16 +56,21 @@ pub fn is_source(config: &TransformConfig) -> bool {
     )
 }
 
-/// Sources that end (files, inline elements). Any other source, e.g. `ReadFromPubSub`, is
-/// unbounded.
+/// Sources that end (files, inline elements, BigQuery reads without `high_water_mark.every`).
+/// Any other source, e.g. `ReadFromPubSub`, is unbounded.
 pub fn is_bounded_source(config: &TransformConfig) -> bool {
-    matches!(
-        config,
-        TransformConfig::Create { .. }
-            | TransformConfig::ReadFromJson { .. }
-            | TransformConfig::ReadFromCsv { .. }
-            | TransformConfig::ReadFromParquet { .. }
-    )
+    match config {
+        TransformConfig::ReadFromBigQuery(c) => {
+            c.high_water_mark.as_ref().is_none_or(|h| h.every.is_none())
+        }
+        _ => matches!(
+            config,
+            TransformConfig::Create { .. }
+                | TransformConfig::ReadFromJson { .. }
+                | TransformConfig::ReadFromCsv { .. }
+                | TransformConfig::ReadFromParquet { .. }
+        ),
+    }
 }
 
 /// Transform types whose output is not meant to be consumed.
