@@ -1,12 +1,14 @@
-//! BigQuery: `WriteToBigQuery` (streaming inserts), `ReadFromBigQuery` (query paging) and
+//! BigQuery: `WriteToBigQuery` (Storage Write API or streaming inserts), `ReadFromBigQuery` (query paging) and
 //! `sluice setup` support. See docs/bigquery.md.
 
 pub mod client;
 pub mod config;
+pub mod proto;
 pub mod schema;
 pub mod setup;
 pub mod sink;
 pub mod source;
+pub mod storage_write;
 pub mod table;
 
 pub use config::{ReadConfig, TableRef, WriteConfig};
