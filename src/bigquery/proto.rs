@@ -411,6 +411,13 @@ fn invalid_values(src: &ArrayRef, rows: &[usize], path: &str, bq: &str) -> Vec<(
         .collect()
 }
 
+fn as_f64(a: &ArrayRef) -> Float64Array {
+    match cast_with_options(a, &DataType::Float64, &CastOptions::default()) {
+        Ok(f) => f.as_primitive::<Float64Type>().clone(),
+        Err(_) => Float64Array::new_null(a.len()),
+    }
+}
+
 fn utf8(a: &ArrayRef) -> StringArray {
     match cast_with_options(a, &DataType::Utf8, &CastOptions::default()) {
         Ok(s) => s.as_string::<i32>().clone(),
@@ -501,7 +508,15 @@ fn coerce_value(src: &ArrayRef, pf: &ProtoField, path: &str) -> (Col, Vec<(usize
     let bq = pf.bq_type;
     match pf.kind {
         Kind::Int64 => {
-            let (a, bad) = cast_checked(src, &DataType::Int64, path, bq);
+            let (a, mut bad) = cast_checked(src, &DataType::Int64, path, bq);
+            if src.data_type().is_floating() {
+                // Arrow truncates 1.5 to 1; BigQuery would refuse it, and so does Sluice.
+                let f = as_f64(src);
+                let fractional: Vec<usize> = (0..f.len())
+                    .filter(|&i| f.is_valid(i) && f.value(i).fract() != 0.0)
+                    .collect();
+                bad.extend(invalid_values(src, &fractional, path, bq));
+            }
             (Col::Int64(a.as_primitive::<Int64Type>().clone()), bad)
         }
         Kind::Double => {
@@ -867,5 +882,20 @@ mod tests {
         let row0 = &e.rows[0].1;
         let text = b"0.0000000125";
         assert!(row0.windows(text.len()).any(|w| w == text), "{row0:?}");
+    }
+
+    #[test]
+    fn floats_with_a_fraction_are_not_truncated_into_int64() {
+        let s = RowSchema::from_table(&[f("n", FieldType::Int64, "NULLABLE")]).unwrap();
+        let rows = batch(vec![(
+            "n",
+            Arc::new(Float64Array::from(vec![Some(2.0), Some(1.5), None])),
+        )]);
+        let e = s.encode(&rows);
+        assert_eq!(e.rows, vec![(0, vec![0x08, 0x02]), (2, Vec::new())]);
+        assert_eq!(
+            e.rejected,
+            vec![(1, "`n`: `1.5` is not a valid INT64".to_string())]
+        );
     }
 }
