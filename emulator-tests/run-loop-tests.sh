@@ -37,4 +37,7 @@ export SLUICE_REQUIRE_EMULATORS=1
 log "Pub/Sub at $PUBSUB_EMULATOR_HOST, BigQuery REST at $BIGQUERY_EMULATOR_HOST"
 
 cd "$HERE/.."
-cargo test --test loop_emulator "$@"
+# One test at a time: bqemulator's Storage Write appends use its DuckDB connection without the
+# lock its REST handlers take, so an append beside another test's REST call can fail or hang
+# (docs/bigquery.md, "The emulator").
+cargo test --test loop_emulator "$@" -- --test-threads=1

@@ -50,7 +50,7 @@ pipeline:
         table: p:d.t
         create_disposition: CREATE_IF_NEEDD
         write_disposition: WRITE_TRUNCATED
-        method: storage_write
+        method: storage_writ
         cluster_by: [a, b, c, d, e]
 ";
     let d = diagnostics(text);
@@ -61,7 +61,8 @@ pipeline:
         "p.yaml:22:29: unknown `create_disposition` `CREATE_IF_NEEDD`",
         "hint: did you mean `CREATE_IF_NEEDED`?",
         "p.yaml:23:28: unknown `write_disposition` `WRITE_TRUNCATED`",
-        "p.yaml:24:17: `method: storage_write` is not available in this build yet",
+        "p.yaml:24:17: unknown `method` `storage_writ`",
+        "hint: did you mean `storage_write`?",
         "p.yaml:25:21: BigQuery clusters on at most 4 fields",
     ];
     for e in expected {
@@ -88,6 +89,7 @@ pipeline:
         table: lake.totals
         create_disposition: CREATE_NEVER
         write_disposition: write_append
+        method: STORAGE_WRITE_API
         num_streams: 2
         partition_by: at
         cluster_by: user

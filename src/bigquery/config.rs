@@ -81,15 +81,35 @@ pub enum WriteDisposition {
     Empty,
 }
 
-/// How rows reach BigQuery.
+/// How rows reach BigQuery (see docs/bigquery.md, "Method").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMethod {
-    /// `tabledata.insertAll` (streaming inserts) with `insertId` = the row's deterministic id:
-    /// the default, because it works against the emulator (RECORD columns too) and real
-    /// BigQuery deduplicates on `insertId`.
+    /// `tabledata.insertAll` (streaming inserts) with `insertId` = the row's deterministic id.
     InsertAll,
-    /// The Storage Write API; not in this build yet (`validate` rejects it).
+    /// The Storage Write API through COMMITTED streams with offsets: the default, as in Beam
+    /// (`STORAGE_WRITE_API`). A retried append is applied once.
     StorageWrite,
+    /// The Storage Write API through the table's `_default` stream, without offsets (Beam's
+    /// `STORAGE_API_AT_LEAST_ONCE`): a retried append may be applied twice.
+    StorageWriteAtLeastOnce,
+}
+
+impl WriteMethod {
+    /// The spellings `method` accepts (case-insensitive), Beam's and Sluice's.
+    pub const NAMES: &[(&str, WriteMethod)] = &[
+        ("storage_write", WriteMethod::StorageWrite),
+        ("storage_write_api", WriteMethod::StorageWrite),
+        (
+            "storage_write_at_least_once",
+            WriteMethod::StorageWriteAtLeastOnce,
+        ),
+        (
+            "storage_api_at_least_once",
+            WriteMethod::StorageWriteAtLeastOnce,
+        ),
+        ("insert_all", WriteMethod::InsertAll),
+        ("streaming_inserts", WriteMethod::InsertAll),
+    ];
 }
 
 /// `WriteToBigQuery`'s config.
@@ -99,7 +119,8 @@ pub struct WriteConfig {
     pub create_disposition: CreateDisposition,
     pub write_disposition: WriteDisposition,
     pub method: WriteMethod,
-    /// Beam's `num_streams`: concurrent insert requests per batch (at least 1).
+    /// Beam's `num_streams`: write streams (Storage Write API) or concurrent insert requests per
+    /// batch (`insert_all`); at least 1.
     pub num_streams: usize,
     /// Day partitioning on this field; `None` = the default (`window_start` when present).
     pub partition_by: Option<String>,
@@ -213,29 +234,22 @@ pub fn parse_write(
         WriteDisposition::Append,
         rep,
     );
-    let method_node = r.string("method", rep);
-    let method = match method_node.as_ref().map(|m| m.value.to_ascii_lowercase()) {
-        None => WriteMethod::InsertAll,
-        Some(m) if m == "insert_all" || m == "streaming_inserts" => WriteMethod::InsertAll,
-        Some(m) if m == "storage_write" || m == "storage_write_api" => {
-            let pos = method_node.as_ref().map_or(fallback, |n| n.pos);
-            rep.error(
-                pos,
-                "`method: storage_write` is not available in this build yet",
-                Some(
-                    "use `method: insert_all` (the default); it deduplicates on the row id".into(),
-                ),
-            );
-            WriteMethod::StorageWrite
-        }
+    let method = match r.string("method", rep) {
+        None => WriteMethod::StorageWrite,
         Some(m) => {
-            let pos = method_node.as_ref().map_or(fallback, |n| n.pos);
-            rep.error(
-                pos,
-                format!("unknown `method` `{m}`"),
-                Some(suggest(&m, &["insert_all", "storage_write"])),
-            );
-            WriteMethod::InsertAll
+            let lower = m.value.to_ascii_lowercase();
+            match WriteMethod::NAMES.iter().find(|(n, _)| *n == lower) {
+                Some((_, w)) => *w,
+                None => {
+                    let names: Vec<&str> = WriteMethod::NAMES.iter().map(|(n, _)| *n).collect();
+                    rep.error(
+                        m.pos,
+                        format!("unknown `method` `{}`", m.value),
+                        Some(suggest(&lower, &names)),
+                    );
+                    WriteMethod::StorageWrite
+                }
+            }
         }
     };
     let num_streams = r.u64("num_streams", rep).unwrap_or(1).clamp(1, 64) as usize;

@@ -1,11 +1,14 @@
-//! `WriteToBigQuery`: streaming inserts (`tabledata.insertAll`) with deterministic `insertId`s.
+//! `WriteToBigQuery`: the Storage Write API (default, see [`super::storage_write`]) or streaming
+//! inserts (`tabledata.insertAll`) with deterministic `insertId`s.
 //!
 //! Per batch: the table is made ready once (created per `create_disposition`, emptied per
-//! `write_disposition`), the rows (plus the window columns, see [`schema::rows_to_write`]) are
-//! sent in requests of at most [`ROWS_PER_REQUEST`], `num_streams` at a time, each retried with
-//! backoff while BigQuery answers 5xx/429 or not at all. Rows BigQuery rejects go to the error
-//! output with its reason. The batch, and with it its acknowledgement holds, is dropped only
-//! after every row was either stored or routed to the error output.
+//! `write_disposition`), then the rows (plus the window columns, see [`schema::rows_to_write`])
+//! are written. Storage Write: encoded as proto rows for the table's schema
+//! ([`super::proto`]) and appended over `num_streams` write streams. insertAll: sent in requests
+//! of at most [`ROWS_PER_REQUEST`], `num_streams` at a time. Both retry with backoff while
+//! BigQuery is unavailable. Rows BigQuery (or the encoder) rejects go to the error output with
+//! the reason. The batch, and with it its acknowledgement holds, is dropped only after every
+//! row was either stored or routed to the error output.
 //!
 //! `insertId` is the row's `__sluice_id` when the batch carries one; otherwise a hash of
 //! (pipeline name, transform name, row content, occurrence of that content in the batch), so a
@@ -24,14 +27,16 @@ use gcp_bigquery_client::model::table_data_insert_all_request_rows::TableDataIns
 use serde_json::{Map, Value};
 
 use super::client::{self, BqError, MAX_ELAPSED, with_retries_counted};
-use super::config::{CreateDisposition, WriteConfig, WriteDisposition};
+use super::config::{CreateDisposition, WriteConfig, WriteDisposition, WriteMethod};
+use super::proto::RowSchema;
 use super::schema::{self, SLUICE_ID};
+use super::storage_write::{WriteClient, Writer};
 use super::table::{self, Layout, Target};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
 use crate::pipeline::stats::SinkStats;
 use crate::record::Batch;
 use crate::record::meta;
-use crate::record::rows::to_json_rows;
+use crate::record::rows::{row_json, to_json_rows};
 
 /// BigQuery recommends at most 500 rows per insertAll request (quota: 50,000 rows, 10 MB).
 pub const ROWS_PER_REQUEST: usize = 500;
@@ -49,6 +54,8 @@ pub struct WriteToBigQuery {
     target: Option<Target>,
     /// Dispositions are applied once, before the first write.
     prepared: bool,
+    /// The Storage Write API path: the table's writer schema and the streams.
+    storage: Option<(RowSchema, Writer)>,
 }
 
 impl WriteToBigQuery {
@@ -70,6 +77,7 @@ impl WriteToBigQuery {
             client: None,
             target: None,
             prepared: false,
+            storage: None,
         }
     }
 
@@ -173,6 +181,108 @@ impl WriteToBigQuery {
         }
         self.prepared = true;
         Ok(())
+    }
+}
+
+impl WriteToBigQuery {
+    /// Sets up the Storage Write API path once the table exists: its schema becomes the writer
+    /// schema, so rows are encoded for the table as it is, not as the input is.
+    async fn storage_writer(&mut self) -> Result<(), EngineError> {
+        if self.storage.is_some() {
+            return Ok(());
+        }
+        let (c, target) = self.connect().await?;
+        let Some(t) = table::get_table(&c, &target)
+            .await
+            .map_err(|e| self.external("cannot read table", e))?
+        else {
+            return Err(EngineError::config(
+                &self.name,
+                format!("table {target} does not exist"),
+            ));
+        };
+        let fields = t.schema.fields.unwrap_or_default();
+        let rows =
+            RowSchema::from_table(&fields).map_err(|e| EngineError::config(&self.name, e))?;
+        let client = WriteClient::connect().map_err(|e| {
+            EngineError::external(&self.name, "cannot set up the Storage Write API", e)
+        })?;
+        let writer = Writer::new(
+            client,
+            &target,
+            rows.descriptor().clone(),
+            self.cfg.method == WriteMethod::StorageWrite,
+            self.cfg.num_streams,
+            self.stats.sink().clone(),
+        );
+        self.storage = Some((rows, writer));
+        Ok(())
+    }
+
+    /// Appends `rows` through the Storage Write API; returns the rejected rows (as JSON) with
+    /// the reason, once BigQuery confirmed the rest.
+    async fn storage_write(
+        &mut self,
+        rows: &RecordBatch,
+    ) -> Result<Vec<(String, String)>, EngineError> {
+        self.storage_writer().await?;
+        let (schema, writer) = self.storage.as_mut().expect("set by storage_writer");
+        let encoded = schema.encode(rows);
+        let mut failures = encoded.rejected;
+        let refused = writer.write(encoded.rows).await.map_err(|e| {
+            let target = self
+                .target
+                .as_ref()
+                .map_or_else(String::new, |t| format!(" {t}"));
+            EngineError::external(&self.name, format!("cannot append to{target}"), e)
+        })?;
+        failures.extend(refused);
+        failures.sort_by_key(|(i, _)| *i);
+        Ok(failures
+            .into_iter()
+            .map(|(i, msg)| (row_json(rows, i), msg))
+            .collect())
+    }
+
+    /// Inserts `rows` with `tabledata.insertAll`; returns the rejected rows (as JSON) with the
+    /// reason, once BigQuery answered every request.
+    async fn insert_all(
+        &mut self,
+        batch: &Batch,
+        rows: &RecordBatch,
+    ) -> Result<Vec<(String, String)>, EngineError> {
+        let (c, target) = self.connect().await?;
+        let json = to_json_rows(rows);
+        let ids = insert_ids(&self.pipeline, &self.name, &batch.rows, &json);
+        let texts: Vec<String> = json
+            .iter()
+            .map(|r| Value::Object(r.clone()).to_string())
+            .collect();
+        let mut chunks: Vec<Chunk> = Vec::new();
+        for (i, (id, row)) in ids.into_iter().zip(json).enumerate() {
+            if i % ROWS_PER_REQUEST == 0 {
+                chunks.push(Vec::with_capacity(ROWS_PER_REQUEST));
+            }
+            chunks.last_mut().expect("pushed above").push((i, id, row));
+        }
+        let sink = self.stats.sink().clone();
+        let results: Vec<Result<Vec<(usize, String)>, BqError>> = futures::stream::iter(chunks)
+            .map(|chunk| insert_chunk(&c, &target, chunk, &sink))
+            .buffer_unordered(self.cfg.num_streams)
+            .collect()
+            .await;
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(rejected) => failures.extend(rejected),
+                Err(e) => return Err(self.external("cannot insert into", e)),
+            }
+        }
+        failures.sort_by_key(|(i, _)| *i);
+        Ok(failures
+            .into_iter()
+            .map(|(i, msg)| (texts[i].clone(), msg))
+            .collect())
     }
 }
 
@@ -323,40 +433,14 @@ impl Operator for WriteToBigQuery {
             return Ok(());
         }
         self.prepare(Some(rows.schema_ref().as_ref())).await?;
-        let (c, target) = self.connect().await?;
-        let json = to_json_rows(&rows);
-        let ids = insert_ids(&self.pipeline, &self.name, &batch.rows, &json);
-        let texts: Vec<String> = json
-            .iter()
-            .map(|r| Value::Object(r.clone()).to_string())
-            .collect();
-        let mut chunks: Vec<Chunk> = Vec::new();
-        for (i, (id, row)) in ids.into_iter().zip(json).enumerate() {
-            if i % ROWS_PER_REQUEST == 0 {
-                chunks.push(Vec::with_capacity(ROWS_PER_REQUEST));
+        let failures = match self.cfg.method {
+            WriteMethod::InsertAll => self.insert_all(&batch, &rows).await?,
+            WriteMethod::StorageWrite | WriteMethod::StorageWriteAtLeastOnce => {
+                self.storage_write(&rows).await?
             }
-            chunks.last_mut().expect("pushed above").push((i, id, row));
-        }
-        let sink = self.stats.sink().clone();
-        let results: Vec<Result<Vec<(usize, String)>, BqError>> = futures::stream::iter(chunks)
-            .map(|chunk| insert_chunk(&c, &target, chunk, &sink))
-            .buffer_unordered(self.cfg.num_streams)
-            .collect()
-            .await;
-        let mut failures = Vec::new();
-        for r in results {
-            match r {
-                Ok(rejected) => failures.extend(rejected),
-                Err(e) => return Err(self.external("cannot insert into", e)),
-            }
-        }
-        failures.sort_by_key(|(i, _)| *i);
-        let failures: Vec<(String, String)> = failures
-            .into_iter()
-            .map(|(i, msg)| (texts[i].clone(), msg))
-            .collect();
+        };
         if !failures.is_empty() {
-            tracing::warn!(transform = %self.name, table = %target, rows = failures.len(), "BigQuery rejected rows");
+            tracing::warn!(transform = %self.name, rows = failures.len(), "BigQuery rejected rows");
         }
         self.errors.report(out, &batch, failures);
         // `batch` (and its acknowledgement holds) is dropped here, after BigQuery answered.
@@ -366,6 +450,9 @@ impl Operator for WriteToBigQuery {
     async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
         if !self.prepared && self.cfg.write_disposition != WriteDisposition::Append {
             self.prepare(None).await?;
+        }
+        if let Some((_, writer)) = &mut self.storage {
+            writer.finish().await;
         }
         Ok(())
     }
