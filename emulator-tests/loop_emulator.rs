@@ -266,10 +266,8 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     create_topic(&conn, &topic_name).await;
     create_subscription(&conn, &sub_name, &topic_name).await;
     create_subscription(&conn, &audit_sub, &topic_name).await;
-    // The replay's consumer: it sees every message ever published, duplicates included. (A
-    // second streaming pull on `sub_name` right after the first run ended gets nothing on the
-    // emulator: it hands new messages to the closed stream and redelivers them only after the
-    // lease of 60 s.)
+    // The replay's consumer: it sees every message ever published, duplicates included, so the
+    // replay covers the whole history.
     create_subscription(&conn, &replay_sub, &topic_name).await;
     let mut audit = Audit {
         collector: Collector::start(&conn, &audit_sub).await,
