@@ -359,6 +359,8 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
         &conn,
     )
     .await;
+    // Nothing is left unacknowledged on the pipeline's subscription.
+    assert!(rest_pull(&conn, &sub_name).await.is_empty());
 
     let view_sql =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/latest_pane.sql"))
@@ -438,9 +440,10 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
         .await,
         json!("6")
     );
-    // Nothing is left unacknowledged on the pipelines' subscriptions.
-    assert!(rest_pull(&conn, &sub_name).await.is_empty());
+    // Nothing is left unacknowledged on the replay's subscription; the first subscription holds
+    // exactly the 10 messages the replay published after its pipeline had ended.
     assert!(rest_pull(&conn, &replay_sub).await.is_empty());
+    assert_eq!(rest_pull(&conn, &sub_name).await.len(), 10);
 }
 
 #[tokio::test]
