@@ -2,9 +2,11 @@
 # Runs Sluice's standard workload on generated recipe events and checks the result against the
 # plain-Python reference (benches/reference/reference.py), row for row.
 #
-#   benches/run_standard.sh [standard|passthrough]
+#   benches/run_standard.sh [standard|watermark|passthrough]
 #
 # standard (default): benches/standard_workload.yaml, compared exactly with reference.py.
+# watermark: benches/standard_workload_watermark.yaml (the same with a generated watermark, so
+# windows fire and free their state during the run), compared exactly with reference.py.
 # passthrough: benches/json_passthrough.yaml (JSON in, SQL projection, JSON out), row count checked.
 #
 # Environment: EVENTS (default 2000000), SEED (42), BENCH_DIR (/var/tmp/sluice-bench: cached
@@ -29,7 +31,7 @@ if [ ! -s "$input" ]; then
   python3 "$here/reference/gen_events.py" --events "$events" --seed "$seed" --out "$input.tmp"
   mv "$input.tmp" "$input"
 fi
-if [ "$workload" = standard ] && [ ! -s "$reference" ]; then
+if [ "$workload" != passthrough ] && [ ! -s "$reference" ]; then
   echo "computing the reference result -> $reference" >&2
   python3 "$here/reference/reference.py" "$input" --out "$reference.tmp"
   mv "$reference.tmp" "$reference"
@@ -45,8 +47,9 @@ fi
 
 case "$workload" in
   standard) pipeline="$here/standard_workload.yaml" ;;
+  watermark) pipeline="$here/standard_workload_watermark.yaml" ;;
   passthrough) pipeline="$here/json_passthrough.yaml" ;;
-  *) echo "unknown workload '$workload' (standard | passthrough)" >&2; exit 2 ;;
+  *) echo "unknown workload '$workload' (standard | watermark | passthrough)" >&2; exit 2 ;;
 esac
 
 out="$dir/out-$workload"

@@ -4,4 +4,4 @@ pub mod watermark;
 pub mod window;
 
 pub use watermark::BoundedOutOfOrderness;
-pub use window::{Window, assign, merge_sessions};
+pub use window::{Window, assign, assign_into, merge_sessions};

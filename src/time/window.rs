@@ -53,11 +53,19 @@ fn aligned_start(ts: EventTime, size: i64, offset: i64) -> EventTime {
 /// The windows `ts` belongs to, in increasing order of start. Sessions give the proto-window
 /// `[ts, ts + gap)`, to be merged with [`merge_sessions`].
 pub fn assign(kind: &WindowKind, ts: EventTime) -> Vec<Window> {
+    let mut out = Vec::with_capacity(1);
+    assign_into(kind, ts, &mut out);
+    out
+}
+
+/// [`assign`] into a reused buffer (cleared first): no allocation per element on hot paths.
+pub fn assign_into(kind: &WindowKind, ts: EventTime, out: &mut Vec<Window>) {
+    out.clear();
     match *kind {
-        WindowKind::Global => vec![Window::GLOBAL],
+        WindowKind::Global => out.push(Window::GLOBAL),
         WindowKind::Fixed { size_ms, offset_ms } => {
             let start = aligned_start(ts, size_ms, offset_ms);
-            vec![Window::new(start, start.saturating_add(size_ms))]
+            out.push(Window::new(start, start.saturating_add(size_ms)));
         }
         WindowKind::Sliding {
             size_ms,
@@ -65,16 +73,14 @@ pub fn assign(kind: &WindowKind, ts: EventTime) -> Vec<Window> {
             offset_ms,
         } => {
             let last = aligned_start(ts, period_ms, offset_ms);
-            let mut out = Vec::with_capacity((size_ms / period_ms.max(1)) as usize + 1);
             let mut start = last;
             while start > ts.saturating_sub(size_ms) {
                 out.push(Window::new(start, start.saturating_add(size_ms)));
                 start -= period_ms;
             }
             out.reverse();
-            out
         }
-        WindowKind::Sessions { gap_ms } => vec![Window::new(ts, ts.saturating_add(gap_ms))],
+        WindowKind::Sessions { gap_ms } => out.push(Window::new(ts, ts.saturating_add(gap_ms))),
     }
 }
 

@@ -20,7 +20,9 @@ use datafusion::functions_aggregate::approx_percentile_cont::ApproxPercentileAcc
 use datafusion::functions_aggregate::{
     approx_distinct, array_agg, average, bool_and_or, count, min_max, sum,
 };
-use datafusion::logical_expr::{Accumulator, AggregateUDF, function::AccumulatorArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, GroupsAccumulator, function::AccumulatorArgs,
+};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 
@@ -106,34 +108,65 @@ impl AggSpec {
         }
     }
 
+    /// Calls `f` with DataFusion's accumulator arguments for this spec (`None` for `quantile`,
+    /// which has no UDAF).
+    fn with_args<R>(&self, f: impl FnOnce(&AggregateUDF, AccumulatorArgs<'_>) -> R) -> Option<R> {
+        let (Some(udaf), Some(return_field)) = (&self.udaf, &self.return_field) else {
+            return None;
+        };
+        let schema = Schema::new(vec![self.input.clone()]);
+        let expr: Arc<dyn PhysicalExpr> = Arc::new(Column::new("value", 0));
+        Some(f(
+            udaf,
+            AccumulatorArgs {
+                return_field: return_field.clone(),
+                schema: &schema,
+                ignore_nulls: false,
+                order_bys: &[],
+                is_reversed: false,
+                name: "value",
+                is_distinct: self.distinct,
+                exprs: &[expr],
+                expr_fields: std::slice::from_ref(&self.input),
+            },
+        ))
+    }
+
     /// A fresh accumulator.
     ///
     /// # Errors
     /// DataFusion refused the arguments (an internal error after `new` succeeded).
     pub fn accumulator(&self) -> Result<Box<dyn Accumulator>, String> {
-        let (Some(udaf), Some(return_field)) = (&self.udaf, &self.return_field) else {
-            let AggFn::Quantile(q) = self.func else {
-                return Err("no accumulator".into());
-            };
+        if let AggFn::Quantile(q) = self.func {
             return Ok(Box::new(ApproxPercentileAccumulator::new(
                 q,
                 DataType::Float64,
             )));
-        };
-        let schema = Schema::new(vec![self.input.clone()]);
-        let expr: Arc<dyn PhysicalExpr> = Arc::new(Column::new("value", 0));
-        udaf.accumulator(AccumulatorArgs {
-            return_field: return_field.clone(),
-            schema: &schema,
-            ignore_nulls: false,
-            order_bys: &[],
-            is_reversed: false,
-            name: "value",
-            is_distinct: self.distinct,
-            exprs: &[expr],
-            expr_fields: std::slice::from_ref(&self.input),
+        }
+        self.with_args(|udaf, args| udaf.accumulator(args).map_err(|e| e.to_string()))
+            .unwrap_or_else(|| Err("no accumulator".into()))
+    }
+
+    /// DataFusion's vectorised accumulator for all groups at once (`GroupsAccumulator`), when
+    /// it has one for this function and input type; `None` otherwise.
+    ///
+    /// # Errors
+    /// DataFusion refused the arguments (an internal error after `new` succeeded).
+    pub fn groups_accumulator(&self) -> Result<Option<Box<dyn GroupsAccumulator>>, String> {
+        self.with_args(|udaf, args| {
+            if !udaf.groups_accumulator_supported(args.clone()) {
+                return Ok(None);
+            }
+            udaf.create_groups_accumulator(args)
+                .map(Some)
+                .map_err(|e| e.to_string())
         })
-        .map_err(|e| e.to_string())
+        .unwrap_or(Ok(None))
+    }
+
+    /// Whether this is an exact `count_distinct` (Combine counts those itself).
+    pub fn is_count_distinct(&self) -> bool {
+        self.func == AggFn::CountDistinct
     }
 
     /// The output column for evaluated accumulator values (one per group).
@@ -145,10 +178,26 @@ impl AggSpec {
             return Ok(new_null_array(&self.output_type(), 0));
         }
         let array = ScalarValue::iter_to_array(values).map_err(|e| e.to_string())?;
-        match self.func {
-            AggFn::ApproxCountDistinct => cast(&array, &DataType::Int64).map_err(|e| e.to_string()),
-            AggFn::Concat => concat_lists(&array, &self.value_type),
-            _ => Ok(array),
+        self.finish_array(array)
+    }
+
+    /// The output column for an array of evaluated values (one per group), as [`Self::finish`].
+    ///
+    /// # Errors
+    /// A cast or list flattening failed (an internal error).
+    pub fn finish_array(&self, array: ArrayRef) -> Result<ArrayRef, String> {
+        let array = match self.func {
+            AggFn::ApproxCountDistinct => {
+                cast(&array, &DataType::Int64).map_err(|e| e.to_string())?
+            }
+            AggFn::Concat => concat_lists(&array, &self.value_type)?,
+            _ => array,
+        };
+        let want = self.output_type();
+        if array.data_type() == &want {
+            Ok(array)
+        } else {
+            cast(&array, &want).map_err(|e| e.to_string())
         }
     }
 

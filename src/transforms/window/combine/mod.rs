@@ -8,7 +8,9 @@
 //! or overlaps them. Output rows hold only the group-by fields and the aggregates (Beam), plus
 //! the hidden window, pane, event time (window end − 1 ms) and row id columns.
 
+mod groups;
 mod state;
+mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use async_trait::async_trait;
 
 use state::{Group, GroupKey, Layout, StateBytes, emit_panes, key_of};
 pub use state::{PaneTiming, row_id};
+use windows::{Pick, WindowState, Windows, hash_rows};
 
 use super::aggregate::AggSpec;
 use super::lateness;
@@ -33,7 +36,7 @@ use crate::pipeline::operator::{
 };
 use crate::pipeline::stats::WindowStats;
 use crate::record::{Batch, rows};
-use crate::time::{Window, assign, merge_sessions};
+use crate::time::{Window, assign, assign_into, merge_sessions};
 use crate::transforms::CompiledFor;
 
 pub struct Combine {
@@ -48,6 +51,8 @@ pub struct Combine {
     errors: ErrorRoute,
     layout: Option<Layout>,
     state: BTreeMap<GroupKey, Group>,
+    /// Fixed, sliding and global windows: vectorised state per open window.
+    windows: Windows,
     /// Session windows per key (sessions only), to find the ones a new element merges with.
     sessions: HashMap<OwnedRow, BTreeSet<Window>>,
     watermark: EventTime,
@@ -86,6 +91,7 @@ impl Combine {
             errors,
             layout: None,
             state: BTreeMap::new(),
+            windows: Windows::new(),
             sessions: HashMap::new(),
             watermark: EventTime::MIN,
             bytes: StateBytes::default(),
@@ -100,7 +106,12 @@ impl Combine {
             StateBytes::recount(&self.state),
             "running state size drifted"
         );
-        self.stats.set(self.state.len(), self.bytes.0);
+        let (groups, bytes) = self
+            .windows
+            .values()
+            .fold((0, 0), |(g, b), w| (g + w.groups(), b + w.bytes));
+        self.stats
+            .set(self.state.len() + groups, self.bytes.0 + bytes);
     }
 
     fn config_err(&self, msg: impl Into<String>) -> EngineError {
@@ -207,8 +218,132 @@ impl Combine {
         Ok(())
     }
 
+    /// Fires the windows (fixed, sliding, global) selected by `pick` into `out`, as one batch
+    /// ordered by window end, start and key bytes.
+    fn fire_windows(
+        &mut self,
+        out: &mut Output,
+        pick: impl Fn(&WindowState) -> Option<(PaneTiming, Pick)>,
+    ) -> Result<(), EngineError> {
+        let Some(layout) = &self.layout else {
+            return Ok(());
+        };
+        let discarding = !self.windowing.accumulating;
+        let mut batches = Vec::new();
+        let mut acks = Vec::new();
+        for w in self.windows.values_mut() {
+            let Some((timing, which)) = pick(w) else {
+                continue;
+            };
+            let ids = (self.pipeline.as_str(), self.name.as_str());
+            if let Some(b) = w
+                .emit(layout, which, timing, ids, discarding, &mut acks)
+                .map_err(|e| EngineError::internal(&self.name, e))?
+            {
+                batches.push(b);
+            }
+            w.recount();
+        }
+        let rows = match batches.len() {
+            0 => return Ok(()),
+            1 => batches.swap_remove(0),
+            _ => arrow::compute::concat_batches(&layout.schema, &batches)
+                .map_err(|e| EngineError::internal(&self.name, e.to_string()))?,
+        };
+        out.main(Batch::merged(rows, acks));
+        Ok(())
+    }
+
+    /// The vectorised path (all but session windows): rows are bucketed by window, each
+    /// window's group table gives every row its group index, and every aggregation is updated
+    /// once per window and batch.
+    fn process_windows(
+        &mut self,
+        r: Prepared<'_>,
+        mut failures: Vec<(String, String)>,
+        out: &mut Output,
+    ) -> Result<(), EngineError> {
+        let n = r.rows.num_rows();
+        // Rows per window, windows in order of first appearance.
+        let mut buckets: Vec<(Window, Vec<u32>)> = Vec::new();
+        let mut slot: HashMap<Window, usize> = HashMap::new();
+        let mut last = usize::MAX;
+        let mut ws = Vec::with_capacity(4);
+        for i in (0..n).filter(|&i| r.ok[i]) {
+            assign_into(&self.windowing.kind, r.times[i], &mut ws);
+            let mut any = false;
+            for w in &ws {
+                if self.rejects(w) {
+                    continue;
+                }
+                any = true;
+                if last >= buckets.len() || buckets[last].0 != *w {
+                    last = *slot.entry(*w).or_insert_with(|| {
+                        buckets.push((*w, Vec::new()));
+                        buckets.len() - 1
+                    });
+                }
+                buckets[last].1.push(i as u32);
+            }
+            if !any && let Some(w) = ws.last() {
+                failures.push((rows::row_json(r.rows, i), self.late_message(r.times[i], w)));
+            }
+        }
+        self.errors.report(out, r.batch, failures);
+
+        let hashes = hash_rows(r.keys);
+        let layout = self
+            .layout
+            .as_ref()
+            .ok_or_else(|| EngineError::internal(&self.name, "no layout"))?;
+        let internal = |e: String| EngineError::internal(&self.name, e);
+        let mut groups = Vec::new();
+        let mut touched_late = false;
+        for (w, idx) in buckets {
+            let key = (w.end, w.start);
+            let state = match self.windows.entry(key) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                    WindowState::new(w, layout, w.end <= self.watermark).map_err(internal)?,
+                ),
+            };
+            state.group_indices(r.keys, &hashes, &idx, &mut groups);
+            let parts: Vec<ArrayRef> = if idx.len() == n {
+                r.inputs.to_vec()
+            } else {
+                let idx = UInt32Array::from(idx);
+                r.inputs
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None).map_err(|e| internal(e.to_string())))
+                    .collect::<Result<_, _>>()?
+            };
+            state
+                .update(&parts, &groups, &r.batch.acks)
+                .map_err(internal)?;
+            state.recount();
+            touched_late |= state.on_time_fired;
+        }
+        if touched_late && self.windowing.late_panes {
+            self.fire_windows(out, |s| {
+                (s.on_time_fired && s.has_dirty()).then_some((PaneTiming::Late, Pick::Dirty))
+            })?;
+        }
+        self.publish();
+        Ok(())
+    }
+
     /// Drops the state of windows past their allowed lateness.
     fn collect_garbage(&mut self) {
+        let expired: Vec<(EventTime, EventTime)> = self
+            .windows
+            .iter()
+            .take_while(|(k, _)| k.0 <= self.watermark)
+            .filter(|(_, w)| self.is_expired(&w.window))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            self.windows.remove(&k);
+        }
         let expired: Vec<GroupKey> = self
             .state
             .keys()
@@ -290,6 +425,18 @@ impl Combine {
         }
         Ok(target)
     }
+}
+
+/// One batch, prepared for aggregation (rows that failed evaluation removed).
+struct Prepared<'a> {
+    batch: &'a Batch,
+    rows: &'a RecordBatch,
+    /// One prepared input column per aggregation.
+    inputs: &'a [ArrayRef],
+    /// Rows whose inputs converted (the others are already error rows).
+    ok: &'a [bool],
+    keys: &'a arrow::row::Rows,
+    times: &'a [EventTime],
 }
 
 /// Folds `other`'s accumulator states into `into` (session merging).
@@ -421,10 +568,22 @@ impl Operator for Combine {
             }
         };
 
-        // (row, window) pairs; rows with no acceptable window are late errors.
+        if !matches!(self.windowing.kind, WindowKind::Sessions { .. }) {
+            let rows = Prepared {
+                batch: &batch,
+                rows: &rows,
+                inputs: &inputs,
+                ok: &ok,
+                keys: &key_rows,
+                times: &times,
+            };
+            return self.process_windows(rows, failures, out);
+        }
+
+        // Session windows: (row, window) pairs; rows with no acceptable window are late errors.
         let mut pairs: Vec<(u32, Window)> = Vec::with_capacity(n);
         let mut late_rows: Vec<(usize, String)> = Vec::new();
-        if let WindowKind::Sessions { .. } = self.windowing.kind {
+        {
             let mut by_key: BTreeMap<OwnedRow, Vec<usize>> = BTreeMap::new();
             for i in (0..n).filter(|&i| ok[i]) {
                 by_key.entry(key_rows.row(i).owned()).or_default().push(i);
@@ -446,20 +605,6 @@ impl Operator for Combine {
                 }
                 let targets = self.merge_into_sessions(&key, &protos)?;
                 pairs.extend(live.into_iter().zip(targets).map(|(i, w)| (i as u32, w)));
-            }
-        } else {
-            for i in (0..n).filter(|&i| ok[i]) {
-                let ws = assign(&self.windowing.kind, times[i]);
-                let mut any = false;
-                for w in &ws {
-                    if !self.rejects(w) {
-                        pairs.push((i as u32, *w));
-                        any = true;
-                    }
-                }
-                if !any && let Some(w) = ws.last() {
-                    late_rows.push((i, self.late_message(times[i], w)));
-                }
             }
         }
         for (i, msg) in late_rows {
@@ -540,6 +685,16 @@ impl Operator for Combine {
             (k.0 <= wm && !g.on_time_fired && (g.dirty || accumulating))
                 .then_some(PaneTiming::OnTime)
         })?;
+        let which = if accumulating { Pick::All } else { Pick::Dirty };
+        self.fire_windows(out, |w| {
+            (w.window.end <= wm && !w.on_time_fired).then_some((PaneTiming::OnTime, which))
+        })?;
+        for w in self.windows.values_mut() {
+            if w.window.end > wm {
+                break;
+            }
+            w.on_time_fired = true;
+        }
         // Windows that closed without new data since an early pane still count as fired.
         for (k, g) in self.state.iter_mut() {
             if k.0 > wm {
@@ -558,11 +713,20 @@ impl Operator for Combine {
 
     async fn on_drain_keep(&mut self, _out: &mut Output) -> Result<(), EngineError> {
         // Open windows are not fired: their input is nacked and the next worker reads it again.
-        let open = self.state.len();
+        let open = self.state.len()
+            + self
+                .windows
+                .values()
+                .map(WindowState::groups)
+                .sum::<usize>();
         for g in self.state.values() {
             crate::record::abandon(&g.acks);
         }
+        for w in self.windows.values() {
+            w.abandon();
+        }
         self.state.clear();
+        self.windows.clear();
         self.sessions.clear();
         tracing::info!(transform = %self.name, windows = open, "Drain (keep): open windows left for redelivery");
         Ok(())
@@ -580,6 +744,10 @@ impl Operator for Combine {
         let wm = self.watermark;
         self.fire(out, |k, g| {
             (g.dirty && !g.on_time_fired && k.0 > wm).then_some(PaneTiming::Early)
+        })?;
+        self.fire_windows(out, |w| {
+            (w.has_dirty() && !w.on_time_fired && w.window.end > wm)
+                .then_some((PaneTiming::Early, Pick::Dirty))
         })?;
         self.publish();
         Ok(())
