@@ -4,4 +4,4 @@ pub mod watermark;
 pub mod window;
 
 pub use watermark::BoundedOutOfOrderness;
-pub use window::{Window, assign, assign_into, merge_sessions};
+pub use window::{SessionMerge, Window, assign, assign_into, session_merge};

@@ -103,11 +103,61 @@ pub fn merge_sessions(windows: &[Window]) -> Vec<(Window, Vec<usize>)> {
     out
 }
 
+/// Merging new windows of one key into its existing sessions.
+pub struct SessionMerge {
+    /// Per new window, the session it now belongs to.
+    pub target: Vec<Window>,
+    /// Each session that is new or grew, with the existing sessions it absorbed (none for a
+    /// brand-new session). Sessions left as they were are not listed.
+    pub changed: Vec<(Window, Vec<Window>)>,
+}
+
+/// Merges the session proto-windows `protos` of one key into its `existing` sessions; both
+/// `Combine` and windowed `Sql` then move their state from the absorbed sessions to the merged one.
+pub fn session_merge(existing: &[Window], protos: &[Window]) -> SessionMerge {
+    let mut all = existing.to_vec();
+    all.extend_from_slice(protos);
+    let mut target = vec![Window::GLOBAL; protos.len()];
+    let mut changed = Vec::new();
+    for (w, members) in merge_sessions(&all) {
+        let olds: Vec<Window> = members
+            .iter()
+            .filter(|&&i| i < existing.len())
+            .map(|&i| existing[i])
+            .collect();
+        for &i in &members {
+            if i >= existing.len() {
+                target[i - existing.len()] = w;
+            }
+        }
+        if !(olds.len() == 1 && olds[0] == w) {
+            changed.push((w, olds));
+        }
+    }
+    SessionMerge { target, changed }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+
+    #[test]
+    fn new_windows_join_grow_or_open_sessions_and_unchanged_ones_are_not_listed() {
+        let w = Window::new;
+        let existing = [w(0, 10), w(100, 110)];
+        let m = session_merge(&existing, &[w(5, 15), w(30, 40), w(102, 108)]);
+        assert_eq!(m.target, vec![w(0, 15), w(30, 40), w(100, 110)]);
+        assert_eq!(
+            m.changed,
+            vec![(w(0, 15), vec![w(0, 10)]), (w(30, 40), vec![])]
+        );
+        // A bridge between two sessions absorbs both.
+        let m = session_merge(&[w(0, 10), w(12, 20)], &[w(8, 14)]);
+        assert_eq!(m.target, vec![w(0, 20)]);
+        assert_eq!(m.changed, vec![(w(0, 20), vec![w(0, 10), w(12, 20)])]);
+    }
 
     #[test]
     fn fixed_windows_align_on_the_epoch_and_offset() {

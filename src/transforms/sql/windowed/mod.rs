@@ -31,7 +31,7 @@ use crate::config::window::{WindowKind, Windowing};
 use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, EventTime, Output};
 use crate::pipeline::stats::WindowStats;
 use crate::record::{AckToken, Batch, abandon, meta, rows, user_columns};
-use crate::time::{Window, assign, merge_sessions};
+use crate::time::{SessionMerge, Window, assign, session_merge};
 use crate::transforms::window::combine::PaneTiming;
 use crate::transforms::window::lateness;
 
@@ -336,23 +336,8 @@ impl PerWindow {
             .get(key)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        let mut all = existing.clone();
-        all.extend_from_slice(protos);
-        let mut target = vec![Window::GLOBAL; protos.len()];
-        for (w, members) in merge_sessions(&all) {
-            let olds: Vec<Window> = members
-                .iter()
-                .filter(|&&i| i < existing.len())
-                .map(|&i| existing[i])
-                .collect();
-            for &i in &members {
-                if i >= existing.len() {
-                    target[i - existing.len()] = w;
-                }
-            }
-            if olds.len() == 1 && olds[0] == w {
-                continue;
-            }
+        let SessionMerge { target, changed } = session_merge(&existing, protos);
+        for (w, olds) in changed {
             // A new or grown session: it takes over the rows of the sessions it absorbed.
             let mut merged: Option<WindowRows> = None;
             for old in &olds {

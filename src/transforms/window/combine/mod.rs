@@ -36,7 +36,7 @@ use crate::pipeline::operator::{
 };
 use crate::pipeline::stats::WindowStats;
 use crate::record::{Batch, rows};
-use crate::time::{Window, assign, assign_into, merge_sessions};
+use crate::time::{SessionMerge, Window, assign, assign_into, session_merge};
 use crate::transforms::CompiledFor;
 
 pub struct Combine {
@@ -376,24 +376,8 @@ impl Combine {
             .get(key)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        let mut all = existing.clone();
-        all.extend_from_slice(protos);
-        let merged = merge_sessions(&all);
-        let mut target = vec![Window::GLOBAL; protos.len()];
-        for (w, members) in merged {
-            let olds: Vec<Window> = members
-                .iter()
-                .filter(|&&i| i < existing.len())
-                .map(|&i| existing[i])
-                .collect();
-            for &i in &members {
-                if i >= existing.len() {
-                    target[i - existing.len()] = w;
-                }
-            }
-            if olds.len() == 1 && olds[0] == w {
-                continue;
-            }
+        let SessionMerge { target, changed } = session_merge(&existing, protos);
+        for (w, olds) in changed {
             // A new or grown session: merge the states of the windows it absorbed.
             let mut group: Option<Group> = None;
             for old in &olds {
