@@ -17,86 +17,10 @@ use sluice::pubsub::Connection;
 #[path = "support.rs"]
 mod support;
 use support::*;
-
-fn bq_base() -> String {
-    let host = std::env::var("BIGQUERY_EMULATOR_HOST")
-        .expect("BIGQUERY_EMULATOR_HOST is not set: run emulator-tests/run-loop-tests.sh");
-    format!("http://{host}/bigquery/v2/projects/{PROJECT}")
-}
-
-async fn bq_post(path: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", bq_base()))
-        .json(&body)
-        .send()
-        .await
-        .expect("BigQuery emulator answers");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("JSON answer");
-    assert!(status.is_success(), "POST {path}: {status} {v}");
-    v
-}
-
-async fn create_table(ds: &str, table: &str, fields: Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/datasets", bq_base()))
-        .json(&json!({"datasetReference": {"projectId": PROJECT, "datasetId": ds}}))
-        .send()
-        .await
-        .expect("create dataset");
-    assert!(
-        resp.status().is_success() || resp.status().as_u16() == 409,
-        "{}",
-        resp.status()
-    );
-    bq_post(
-        &format!("/datasets/{ds}/tables"),
-        json!({
-            "tableReference": {"projectId": PROJECT, "datasetId": ds, "tableId": table},
-            "schema": {"fields": fields}
-        }),
-    )
-    .await;
-}
-
-async fn insert(ds: &str, table: &str, rows: &[Value]) {
-    let rows: Vec<Value> = rows.iter().map(|r| json!({"json": r})).collect();
-    let v = bq_post(
-        &format!("/datasets/{ds}/tables/{table}/insertAll"),
-        json!({"rows": rows}),
-    )
-    .await;
-    assert!(
-        v["insertErrors"].as_array().is_none_or(|e| e.is_empty()),
-        "{v}"
-    );
-}
-
-/// Runs `sql`; rows as objects of BigQuery's cell strings (TIMESTAMP as int64 µs).
-async fn query(sql: &str) -> Vec<Value> {
-    let v = bq_post("/queries", json!({"query": sql, "useLegacySql": false})).await;
-    assert!(v["errors"].as_array().is_none_or(|e| e.is_empty()), "{v}");
-    let fields = v["schema"]["fields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    v["rows"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            let cells = r["f"].as_array().cloned().unwrap_or_default();
-            Value::Object(
-                fields
-                    .iter()
-                    .zip(cells)
-                    .map(|(f, c)| (f["name"].as_str().unwrap().to_string(), c["v"].clone()))
-                    .collect(),
-            )
-        })
-        .collect()
-}
+#[path = "../tests/support/bq_rest.rs"]
+#[allow(dead_code)]
+mod bq_rest;
+use bq_rest::{create_table, insert, query};
 
 /// One lake row: event `id` of `recipe` watched `secs` at `at` seconds past 2026-01-01, loaded
 /// into the lake at `loaded` seconds past it.
@@ -299,7 +223,7 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
         event("e8", "r3", 4, 150, 300),
         event("e9", "r3", 6, 179, 400),
     ];
-    insert(&ds, "events", &first_load).await;
+    insert(&ds, "events", Value::from(first_load.to_vec())).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state/events.mark.json");
@@ -343,7 +267,7 @@ async fn lake_to_pubsub_to_windowed_pipeline_to_lake_exact_and_idempotent() {
     // Nothing new: nothing published. A new load: only it is published.
     run_ok(&["run", f], &conn).await;
     audit.next(0).await;
-    insert(&ds, "events", &[event("e10", "r2", 8, 110, 500)]).await;
+    insert(&ds, "events", json!([event("e10", "r2", 8, 110, 500)])).await;
     run_ok(&["run", f], &conn).await;
     assert_eq!(saved_mark(&state), at(500));
     let new_ids = audit.next(1).await;
@@ -475,11 +399,11 @@ async fn periodic_feeder_follows_new_rows_survives_sigkill_and_ends_when_idle() 
     insert(
         &ds,
         "events",
-        &[
+        json!([
             event("p1", "r1", 1, 1, 100),
             event("p2", "r1", 2, 2, 100),
             event("p3", "r2", 3, 3, 100),
-        ],
+        ]),
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -498,7 +422,7 @@ async fn periodic_feeder_follows_new_rows_survives_sigkill_and_ends_when_idle() 
     insert(
         &ds,
         "events",
-        &[event("p4", "r2", 4, 4, 200), event("p5", "r3", 5, 5, 200)],
+        json!([event("p4", "r2", 4, 4, 200), event("p5", "r3", 5, 5, 200)]),
     )
     .await;
     let second = audit.next(2).await;
@@ -517,7 +441,7 @@ async fn periodic_feeder_follows_new_rows_survives_sigkill_and_ends_when_idle() 
     child.start_kill().expect("kill");
     let _ = child.wait().await;
     assert_eq!(saved_mark(&state), at(200));
-    insert(&ds, "events", &[event("p6", "r3", 6, 6, 300)]).await;
+    insert(&ds, "events", json!([event("p6", "r3", 6, 6, 300)])).await;
     let out = run_ok(
         &["run", feeder.to_str().unwrap(), "--until-idle", "2s"],
         &conn,
