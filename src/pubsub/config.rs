@@ -8,6 +8,7 @@ use marked_yaml::Node;
 
 use crate::config::diag::{Pos, Reporter, suggest};
 use crate::config::yaml::{Located, MapReader, pos_of, to_json};
+use crate::pubsub::shard::{MAX_SHARDS, SHARD_PLACEHOLDER, is_per_shard};
 
 /// Payload encoding, Beam's `format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +167,30 @@ pub struct WriteConfig {
     pub timestamp_attribute: Option<String>,
     /// Sluice extension: field whose value is the message's ordering key.
     pub ordering_key: Option<String>,
+    /// Sluice extension: keyed routing (`shard: {by, count}`), see [`ShardSpec`].
+    pub shard: Option<ShardSpec>,
     pub error_output: Option<Located<String>>,
+}
+
+/// The Sluice extension `shard: {by: [fields], count: N}` of `WriteToPubSub`: every message
+/// gets the attribute `sluice_shard` = its shard `K` in `0..N`, a stable hash of the `by`
+/// values (`pubsub::shard`); a topic containing `{shard}` names one topic per shard and each
+/// message goes to its shard's. One owner per shard then sees every row of its keys
+/// (docs/scaling.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardSpec {
+    /// The key fields, in order (order matters to the hash).
+    pub by: Vec<Located<String>>,
+    /// The number of shards, 1..=1024.
+    pub count: u32,
+    /// Where `shard:` was written.
+    pub pos: Pos,
+}
+
+impl ShardSpec {
+    pub fn fields(&self) -> Vec<String> {
+        self.by.iter().map(|f| f.value.clone()).collect()
+    }
 }
 
 const READ_KEYS: &[&str] = &[
@@ -193,6 +217,7 @@ const WRITE_KEYS: &[&str] = &[
     "id_attribute",
     "timestamp_attribute",
     "ordering_key",
+    "shard",
     "error_handling",
 ];
 
@@ -288,6 +313,24 @@ pub fn parse_write(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Op
     let id_attribute = r.string("id_attribute", rep).map(|s| s.value);
     let timestamp_attribute = r.string("timestamp_attribute", rep).map(|s| s.value);
     let ordering_key = r.string("ordering_key", rep).map(|s| s.value);
+    let has_shard = r.has("shard");
+    let shard = r.node("shard").and_then(|n| shard(n, rep));
+    if let Some(t) = &topic
+        && !has_shard
+        && is_per_shard(&t.value)
+    {
+        rep.error(
+            t.pos,
+            format!(
+                "topic `{}` names `{SHARD_PLACEHOLDER}`, but `WriteToPubSub` has no `shard:`",
+                t.value
+            ),
+            Some(
+                "add `shard: {by: [key fields], count: N}`, or drop `{shard}` from the topic"
+                    .into(),
+            ),
+        );
+    }
     let error_output = error_handling(&mut r, rep);
     r.finish(rep);
     Some(WriteConfig {
@@ -298,7 +341,61 @@ pub fn parse_write(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Op
         id_attribute,
         timestamp_attribute,
         ordering_key,
+        shard,
         error_output,
+    })
+}
+
+fn shard(node: &Node, rep: &mut Reporter) -> Option<ShardSpec> {
+    let pos = pos_of(node);
+    let mut r = MapReader::new(Some(node), pos, "`shard`", &["by", "count"], rep);
+    let by = r.string_list("by", rep);
+    let count_pos = r.node("count").map(pos_of).unwrap_or(pos);
+    let count = r.u64("count", rep);
+    let has_by = r.has("by");
+    let has_count = r.has("count");
+    r.finish(rep);
+    let hint = || Some("e.g. `shard: {by: [recipe_id], count: 8}`".to_string());
+    if !has_by || !has_count {
+        let missing = if has_by { "count" } else { "by" };
+        rep.error(
+            pos,
+            format!("`shard` is missing required key `{missing}`"),
+            hint(),
+        );
+        return None;
+    }
+    let by = by?;
+    if by.is_empty() {
+        rep.error(
+            pos,
+            "`shard.by` names no field",
+            Some("name the key fields whose values pick the shard, e.g. `by: [recipe_id]`".into()),
+        );
+        return None;
+    }
+    for f in &by {
+        if crate::record::meta::is_hidden(&f.value) {
+            rep.error(
+                f.pos,
+                format!("`{}` is a hidden column and cannot be a shard key", f.value),
+                Some("shard by the row's own fields".into()),
+            );
+        }
+    }
+    let count = count?;
+    if !(1..=u64::from(MAX_SHARDS)).contains(&count) {
+        rep.error(
+            count_pos,
+            format!("`shard.count` must be between 1 and {MAX_SHARDS}, found {count}"),
+            Some("the number of owners (StatefulSet replicas), each reading its shard's subscription".into()),
+        );
+    }
+    // Kept (clamped) after a reported range error, so the key fields are still checked.
+    Some(ShardSpec {
+        by,
+        count: count.clamp(1, u64::from(MAX_SHARDS)) as u32,
+        pos,
     })
 }
 
@@ -527,6 +624,94 @@ mod tests {
             ("dlq", 7)
         );
         assert_eq!(c.error_output.as_ref().unwrap().value, "bad");
+    }
+
+    /// Parses and validates (graph checks included) a whole file, reporting everything in one
+    /// go as `sluice validate` does.
+    fn validated(text: &str) -> Result<crate::config::PipelineSpec, String> {
+        let mut rep = Reporter::new("p.yaml");
+        let spec = crate::config::spec::parse_into("p.yaml", text, &Default::default(), &mut rep);
+        crate::pipeline::check_into(&spec, &mut rep);
+        rep.finish(spec).map_err(|d| d.to_string())
+    }
+
+    fn parse_write(config: &str) -> Result<WriteConfig, String> {
+        let text = format!(
+            "pipeline:\n  transforms:\n    - type: Create\n      name: In\n      config: {{elements: [{{a: 1}}]}}\n    - type: WriteToPubSub\n      name: Out\n      input: In\n      config:\n{config}\n"
+        );
+        validated(&text).map(|s| {
+            let TransformConfig::WriteToPubSub(c) = &s.transforms[1].config else {
+                panic!("{:?}", s.transforms[1].config)
+            };
+            (**c).clone()
+        })
+    }
+
+    #[test]
+    fn reads_shard() {
+        let c =
+            parse_write("        topic: out-{shard}\n        shard: {by: [a], count: 8}").unwrap();
+        let s = c.shard.unwrap();
+        assert_eq!((s.fields(), s.count), (vec!["a".to_string()], 8));
+        assert_eq!(s.by[0].pos.line, 11);
+    }
+
+    #[test]
+    fn shard_problems_are_reported_where_they_are_written() {
+        let cases = [
+            (
+                "        topic: t\n        shard: {by: [], count: 2}",
+                "p.yaml:11:16: `shard.by` names no field",
+            ),
+            (
+                "        topic: t\n        shard: {by: [a], count: 0}",
+                "p.yaml:11:33: `shard.count` must be between 1 and 1024, found 0",
+            ),
+            (
+                "        topic: t\n        shard: {by: [a], count: 1025}",
+                "p.yaml:11:33: `shard.count` must be between 1 and 1024, found 1025",
+            ),
+            (
+                "        topic: t\n        shard: {by: [a]}",
+                "p.yaml:11:16: `shard` is missing required key `count`",
+            ),
+            (
+                "        topic: t\n        shard: {by: [a], count: 2, key: x}",
+                "p.yaml:11:36: unknown key `key` in `shard`",
+            ),
+            (
+                "        topic: t-{shard}",
+                "p.yaml:10:16: topic `t-{shard}` names `{shard}`, but `WriteToPubSub` has no `shard:`",
+            ),
+            (
+                "        topic: t\n        shard: {by: [b], count: 2}",
+                "p.yaml:11:22: shard key `b` is not a field of `Out`'s input `In`",
+            ),
+            (
+                "        topic: t\n        shard: {by: [__sluice_id], count: 2}",
+                "p.yaml:11:22: `__sluice_id` is a hidden column and cannot be a shard key",
+            ),
+        ];
+        for (config, expected) in cases {
+            let e = parse_write(config).unwrap_err();
+            assert!(e.contains(expected), "{config}: {e}");
+            assert!(e.contains("hint: "), "{e}");
+        }
+        // A bad count does not hide the key check, nor claim that `shard:` is missing.
+        let e = parse_write("        topic: t-{shard}\n        shard: {by: [b], count: 0}")
+            .unwrap_err();
+        assert!(e.contains("found 0") && e.contains("shard key `b`"), "{e}");
+        assert!(!e.contains("has no `shard:`"), "{e}");
+    }
+
+    #[test]
+    fn shard_keys_are_checked_against_a_pubsub_schema_through_maps_and_filters() {
+        let text = "pipeline:\n  transforms:\n    - type: ReadFromPubSub\n      name: Read\n      config:\n        subscription: s\n        schema: {type: object, properties: {recipe_id: {type: string}, n: {type: integer}}}\n        attributes: [src]\n    - type: Filter\n      name: Keep\n      input: Read\n      config: {language: sql, keep: 'n > 0'}\n    - type: MapToFields\n      name: Add\n      input: Keep\n      config: {language: sql, append: true, fields: {m: 'n * 2'}}\n    - type: WriteToPubSub\n      name: Out\n      input: Add\n      config:\n        topic: t\n        shard: {by: [recipe_id, src, m, recipe], count: 2}\n";
+        let e = validated(text).map(|_| ()).unwrap_err();
+        assert_eq!(
+            e,
+            "p.yaml:22:41: shard key `recipe` is not a field of `Out`'s input `Add`\n  hint: did you mean `recipe_id`?"
+        );
     }
 
     #[test]

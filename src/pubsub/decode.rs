@@ -122,6 +122,11 @@ impl MessageDecoder {
         })
     }
 
+    /// The schema of the rows [`MessageDecoder::decode`] produces (hidden columns included).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// Decodes `msgs`: the rows of the good ones (in order) and `(index, reason)` of the others.
     pub fn decode(&mut self, msgs: &[Incoming]) -> (Option<RecordBatch>, Vec<(usize, String)>) {
         let mut bad: Vec<(usize, String)> = Vec::new();

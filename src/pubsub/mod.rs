@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod decode;
 pub mod setup;
+pub mod shard;
 pub mod sink;
 pub mod source;
 

@@ -1,13 +1,15 @@
 //! `sluice setup` for Pub/Sub: creates, idempotently, the topics and subscriptions a pipeline
 //! declares (`WriteToPubSub.topic`, `ReadFromPubSub.topic`, and `ReadFromPubSub.subscription`
 //! with its `subscription_settings`: topic, ack deadline, retention, filter, ordering,
-//! dead-letter topic and policy). Existing resources are left as they are and reported.
+//! dead-letter topic and policy; a sharded `WriteToPubSub` topic with `{shard}` is one topic per
+//! shard). Existing resources are left as they are and reported.
 
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::model::DeadLetterPolicy;
 
 use super::client::{Connection, PubSubError};
 use super::config::{ReadConfig, ReadFrom, WriteConfig};
+use super::shard::{is_per_shard, topic_for};
 use crate::config::{PipelineSpec, TransformConfig};
 
 /// A Pub/Sub resource a pipeline declares.
@@ -47,7 +49,15 @@ pub fn declared(spec: &PipelineSpec, conn: &Connection) -> Result<Vec<Resource>,
         match &t.config {
             TransformConfig::WriteToPubSub(w) => {
                 let w: &WriteConfig = w;
-                add_topic(conn.topic_path(&w.topic.value).map_err(|e| e.to_string())?);
+                match &w.shard {
+                    Some(s) if is_per_shard(&w.topic.value) => {
+                        for k in 0..s.count {
+                            let t = topic_for(&w.topic.value, k);
+                            add_topic(conn.topic_path(&t).map_err(|e| e.to_string())?);
+                        }
+                    }
+                    _ => add_topic(conn.topic_path(&w.topic.value).map_err(|e| e.to_string())?),
+                }
             }
             TransformConfig::ReadFromPubSub(r) => {
                 let s = &r.subscription_settings;
@@ -161,4 +171,40 @@ pub async fn create(
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_shard_topic_declares_one_topic_per_shard() {
+        let text = "pipeline:\n  transforms:\n    - type: ReadFromPubSub\n      name: In\n      config:\n        subscription: in-sub\n        format: RAW\n        subscription_settings: {topic: in, filter: 'attributes.k = \"1\"'}\n    - type: WriteToPubSub\n      name: Out\n      input: In\n      config:\n        topic: out-{shard}\n        shard: {by: [payload], count: 3}\n";
+        let spec = crate::config::parse("p.yaml", text, &Default::default()).unwrap();
+        let conn = Connection {
+            emulator: None,
+            project: Some("p".into()),
+        };
+        let names: Vec<String> = declared(&spec, &conn)
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Resource::Topic(t) => t,
+                Resource::Subscription { path, settings, .. } => format!(
+                    "{path} {}",
+                    settings.subscription_settings.filter.unwrap_or_default()
+                ),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "projects/p/topics/in",
+                "projects/p/topics/out-0",
+                "projects/p/topics/out-1",
+                "projects/p/topics/out-2",
+                "projects/p/subscriptions/in-sub attributes.k = \"1\"",
+            ]
+        );
+    }
 }
