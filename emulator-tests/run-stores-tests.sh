@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the WriteToPostgres / WriteToRedis tests (tests/postgres.rs, tests/redis.rs) against the
-# machine's Postgres (127.0.0.1:5432, trust auth, database `test`) and Redis (127.0.0.1:6379),
-# starting either server when it is not running. The tests fail (never skip) without them.
+# Runs the WriteToPostgres / WriteToRedis tests (tests/postgres.rs, tests/redis.rs) and the state
+# backends' tests (tests/state_stores.rs) against the machine's Postgres (127.0.0.1:5432, trust
+# auth, database `test`) and Redis (127.0.0.1:6379), starting either server when it is not
+# running. The tests fail (never skip) without them.
 # `run-stores-tests.sh start` only starts the servers (run-tests.sh does this before `cargo test`,
 # which includes these suites).
 set -euo pipefail
@@ -46,4 +47,4 @@ wait_for Redis 30 redis_ready
 
 [ "${1:-}" = start ] && { log "Postgres and Redis are up"; exit 0; }
 log "Postgres and Redis are up; running the store tests"
-cargo test --test postgres --test redis
+cargo test --test postgres --test redis --test state_stores

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod pubsub;
 pub mod record;
 pub mod sinks;
+pub mod state;
 pub mod telemetry;
 pub mod testing;
 pub mod time;

@@ -1,5 +1,5 @@
-//! `sluice validate` on `WriteToPostgres` / `WriteToRedis` configs: problems found without the
-//! servers, each reported as `file:line:col: message`.
+//! `sluice validate` on `WriteToPostgres` / `WriteToRedis` configs and `options.state`: problems
+//! found without the servers, each reported as `file:line:col: message`.
 
 use std::collections::BTreeMap;
 
@@ -104,4 +104,96 @@ fn valid_store_configs_pass() {
 ",
     );
     check(&text).unwrap();
+}
+
+fn with_state(state: &str) -> String {
+    format!(
+        "pipeline:\n  transforms:\n    - type: Create\n      config:\n        elements: [{{id: 1}}]\noptions:\n  state:\n{state}"
+    )
+}
+
+#[test]
+fn bad_state_options_are_reported_with_positions() {
+    let cases = [
+        (
+            "    backend: embeded\n",
+            "p.yaml:8:14: unknown state backend `embeded`\n  hint: did you mean `embedded`?",
+        ),
+        (
+            "    backend: embedded\n    checkpoint_interval: 0s\n",
+            "p.yaml:8:14: embedded state needs `path`: a directory on a persistent volume\n  \
+             hint: for example path: /var/lib/sluice/state\n\
+             p.yaml:9:26: `checkpoint_interval` must be more than 0",
+        ),
+        (
+            "    backend: redis\n    path: http://cache:6379\n",
+            "p.yaml:9:11: `http://cache:6379` is not a Redis URL\n  \
+             hint: use redis://[user:password@]host:port[/db]",
+        ),
+        (
+            "    backend: redis\n    path: rediss://cache:6379\n",
+            "p.yaml:9:11: `rediss://` (Redis over TLS) is not in this build\n  \
+             hint: use redis:// on a private network, or a TLS proxy beside Sluice",
+        ),
+        (
+            "    backend: redis\n",
+            "p.yaml:8:14: redis state needs `path`: a redis:// URL\n  \
+             hint: for example path: redis://redis:6379/0",
+        ),
+        (
+            "    backend: postgres\n    path: mysql://db/app\n",
+            "p.yaml:9:11: `mysql://db/app` is not a Postgres URL\n  \
+             hint: use jdbc:postgresql://host:port/db or postgres://user@host:port/db",
+        ),
+        (
+            "    path: /var/lib/sluice\n",
+            "p.yaml:8:11: `path` is not used by the memory backend\n  \
+             hint: set `backend: embedded` (a directory), `redis` or `postgres` (a URL) to keep state across restarts",
+        ),
+        (
+            "    backend: embedded\n    path: /data\n    dedupe: 1h\n",
+            "p.yaml:10:5: unknown key `dedupe` in `options.state`\n  \
+             hint: did you mean `dedupe_horizon`?",
+        ),
+    ];
+    for (state, expected) in cases {
+        assert_eq!(check(&with_state(state)).unwrap_err(), expected, "{state}");
+    }
+}
+
+#[test]
+fn state_options_are_parsed() {
+    use sluice::state::{Backend, StateConfig};
+    use std::time::Duration;
+    let parse = |state: &str| {
+        sluice::config::parse("p.yaml", &with_state(state), &BTreeMap::new())
+            .unwrap_or_else(|d| panic!("{d}"))
+            .options
+            .state
+    };
+    assert_eq!(
+        parse(
+            "    backend: postgres\n    path: jdbc:postgresql://db:5432/app\n    checkpoint_interval: 500ms\n    dedupe_horizon: 1h\n"
+        ),
+        StateConfig {
+            backend: Backend::Postgres,
+            path: Some("postgresql://db:5432/app".into()),
+            checkpoint_interval: Duration::from_millis(500),
+            dedupe_horizon: Duration::from_secs(3600),
+        }
+    );
+    assert_eq!(
+        parse("    {backend: embedded, path: /data/state}\n"),
+        StateConfig {
+            backend: Backend::Embedded,
+            path: Some("/data/state".into()),
+            checkpoint_interval: Duration::from_secs(2),
+            dedupe_horizon: Duration::from_secs(600),
+        }
+    );
+    assert_eq!(parse("    {}\n"), StateConfig::default());
+    check(&with_state(
+        "    {backend: redis, path: \"redis://:pw@cache:6379/1\"}\n",
+    ))
+    .unwrap();
 }

@@ -81,6 +81,9 @@ pub struct Options {
     /// Sluice extension: other pipelines' valves (`pipeline/Check`) that pause this one while
     /// closed.
     pub gates: Vec<Located<String>>,
+    /// `options.state` (Sluice extension): where stateful transforms checkpoint (default:
+    /// memory, no checkpoints; docs/guarantees.md).
+    pub state: crate::state::StateConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,7 @@ const OPTION_KEYS: &[&str] = &[
     "batch_size",
     "control_topic",
     "gates",
+    "state",
 ];
 
 /// Loads, renders and parses a pipeline file.
@@ -320,6 +324,7 @@ fn parse_options(node: Option<&Node>, rep: &mut Reporter) -> Options {
             Some("set the same `control_topic` in both pipelines".into()),
         );
     }
+    o.state = crate::state::config::parse(r.node("state"), r.pos(), rep);
     r.finish(rep);
     o
 }

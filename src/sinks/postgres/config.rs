@@ -222,24 +222,31 @@ pub fn parse(r: &mut MapReader<'_>, at: Pos, rep: &mut Reporter) -> Option<Postg
 /// Normalises a `jdbc:postgresql://` or `postgres://` URL and checks that tokio-postgres can
 /// read it.
 fn check_url(u: &Located<String>, rep: &mut Reporter) -> Option<String> {
-    let url = u.value.strip_prefix("jdbc:").unwrap_or(&u.value);
-    if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
-        rep.error(
-            u.pos,
-            format!("`{}` is not a Postgres URL", u.value),
-            Some("use jdbc:postgresql://host:port/db or postgres://user@host:port/db".into()),
-        );
-        return None;
+    match normalize_url(&u.value) {
+        Ok(url) => Some(url),
+        Err((message, hint)) => {
+            rep.error(u.pos, message, hint);
+            None
+        }
     }
-    match tokio_postgres::Config::from_str(url) {
-        Ok(c) if c.get_hosts().is_empty() => {
-            rep.error(u.pos, "the Postgres URL names no host", None);
-            None
-        }
-        Ok(_) => Some(url.to_string()),
-        Err(e) => {
-            rep.error(u.pos, format!("invalid Postgres URL: {e}"), None);
-            None
-        }
+}
+
+/// `url` as `postgres://…` or `postgresql://…` (a `jdbc:` prefix removed), checked to parse and
+/// to name a host. Shared with the Postgres state backend (`options.state`).
+///
+/// # Errors
+/// The message and hint to report at the URL's position.
+pub fn normalize_url(url: &str) -> Result<String, (String, Option<String>)> {
+    let stripped = url.strip_prefix("jdbc:").unwrap_or(url);
+    if !(stripped.starts_with("postgresql://") || stripped.starts_with("postgres://")) {
+        return Err((
+            format!("`{url}` is not a Postgres URL"),
+            Some("use jdbc:postgresql://host:port/db or postgres://user@host:port/db".into()),
+        ));
+    }
+    match tokio_postgres::Config::from_str(stripped) {
+        Ok(c) if c.get_hosts().is_empty() => Err(("the Postgres URL names no host".into(), None)),
+        Ok(_) => Ok(stripped.to_string()),
+        Err(e) => Err((format!("invalid Postgres URL: {e}"), None)),
     }
 }

@@ -3,7 +3,7 @@
 pub mod config;
 pub mod sink;
 pub mod sql;
-mod tls;
+pub(crate) mod tls;
 
 pub use config::{PostgresConfig, Tls};
 pub use sink::WriteToPostgres;

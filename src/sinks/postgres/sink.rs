@@ -260,9 +260,20 @@ impl WriteToPostgres {
                     "table {table} does not exist (set `create_table: true` to create it from the input schema)"
                 )));
             }
-            let ddl = sql::create_table(&quoted, schema, &self.cfg.upsert_key);
+            // Replicas (shard owners) may start together: concurrent CREATE TABLE IF NOT EXISTS
+            // can fail on Postgres' catalog (a unique violation in pg_type), so creators take
+            // a transaction-scoped advisory lock on the table's name first.
+            let ddl = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('sluice create table ' || '{}')); {}; COMMIT;",
+                quoted.replace('\'', "''"),
+                sql::create_table(&quoted, schema, &self.cfg.upsert_key)
+            );
             tracing::info!(transform = %self.name, table = %table, "Creating table");
-            client.batch_execute(&ddl).await.map_err(|e| Ok(e.into()))?;
+            if let Err(e) = client.batch_execute(&ddl).await {
+                // Leave no aborted transaction on the pooled connection.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(Ok(e.into()));
+            }
             cols = client
                 .query(columns_sql, &[&quoted])
                 .await

@@ -35,7 +35,7 @@ pub struct WriteToRedis {
 }
 
 /// Whether a failed request may succeed when sent again (by type, never by message).
-fn transient(e: &RedisError) -> bool {
+pub(crate) fn transient(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()

@@ -1,0 +1,120 @@
+//! The `redis` state backend: one hash per namespace, `sluice:state:{namespace}`, field = key.
+//!
+//! Durability: a commit is one `MULTI`/`EXEC` of `HSET` and `HDEL`, so no client ever sees half
+//! of it and, with the AOF on, a restarted server replays all of it or none (a torn transaction
+//! at the end of the AOF is dropped). How much survives a server crash is the server's
+//! `appendonly`/`appendfsync` setting (docs/state.md); with persistence off, nothing does.
+//! Shared by every replica that uses the same server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::RedisError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::store::{StateError, StateStore, redact};
+use crate::sinks::redis::sink::transient;
+
+/// The prefix of every hash this backend writes.
+pub const KEY_PREFIX: &str = "sluice:state:";
+/// How long one request may wait for its reply before it counts as a lost connection; a 5 MB
+/// value takes about 10 ms on loopback.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    url: String,
+}
+
+fn failed(message: &str, e: RedisError) -> StateError {
+    let retryable = transient(&e);
+    StateError::backend("redis", format!("{message}: {e}"), retryable, e)
+}
+
+/// The hash holding `namespace`.
+pub fn hash_key(namespace: &str) -> String {
+    format!("{KEY_PREFIX}{namespace}")
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[user:password@]host:port[/db]`).
+    ///
+    /// # Errors
+    /// `Config` for a malformed URL; a retryable `Backend` error when the server cannot be
+    /// reached.
+    pub async fn open(url: &str) -> Result<RedisStore, StateError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StateError::Config(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| failed(&format!("cannot connect to {}", redact(url)), e))?;
+        Ok(RedisStore {
+            conn,
+            url: url.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn load(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut conn = self.conn.clone();
+        // A BTreeMap of bytes is sorted in the contract's order (byte order of the UTF-8 keys).
+        let fields: BTreeMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(hash_key(namespace))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed("cannot read", e))?;
+        let mut out = Vec::with_capacity(fields.len());
+        for (k, v) in fields {
+            let k = String::from_utf8(k).map_err(|e| {
+                StateError::backend(
+                    "redis",
+                    format!("{} has a field that is not UTF-8", hash_key(namespace)),
+                    false,
+                    e,
+                )
+            })?;
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    async fn commit(
+        &self,
+        namespace: &str,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+    ) -> Result<(), StateError> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let key = hash_key(namespace);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !puts.is_empty() {
+            // HSET with repeated fields keeps the last value, as the contract wants.
+            let hset = pipe.cmd("HSET").arg(&key);
+            for (k, v) in &puts {
+                hset.arg(k).arg(v);
+            }
+            hset.ignore();
+        }
+        if !deletes.is_empty() {
+            pipe.cmd("HDEL").arg(&key).arg(&deletes).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| failed("cannot commit", e))
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {}", redact(&self.url))
+    }
+}

@@ -1,0 +1,201 @@
+//! The durable state backends against the real servers (Redis 127.0.0.1:6379, Postgres
+//! 127.0.0.1:5432 database `test`; emulator-tests/run-stores-tests.sh starts them). Both run
+//! the same contract as the in-process backends (src/state/contract.rs). Every test uses its
+//! own namespace prefix and deletes what it wrote. Without the servers these tests fail: they
+//! never skip.
+
+#[path = "../src/state/contract.rs"]
+mod contract;
+
+use sluice::state::{Backend, StateConfig, StateError, StateStore, open};
+
+const REDIS: &str = "redis://127.0.0.1:6379/";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn unique(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test/{test}/{}-{}/", std::process::id(), nanos)
+}
+
+fn config(backend: Backend, path: &str) -> StateConfig {
+    StateConfig {
+        backend,
+        path: Some(path.into()),
+        ..StateConfig::default()
+    }
+}
+
+async fn postgres_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(POSTGRES, tokio_postgres::NoTls)
+        .await
+        .expect(
+            "Postgres must be running on 127.0.0.1:5432 (emulator-tests/run-stores-tests.sh starts it)",
+        );
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test]
+async fn redis_keeps_the_contract_across_reopening() {
+    contract::check_durable(&config(Backend::Redis, REDIS), &unique("redis")).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_contract_across_reopening() {
+    contract::check_durable(&config(Backend::Postgres, POSTGRES), &unique("pg")).await;
+}
+
+#[tokio::test]
+async fn jdbc_urls_open_and_describe_hides_the_password() {
+    let store = open(&config(
+        Backend::Postgres,
+        "jdbc:postgresql://127.0.0.1:5432/test?user=postgres",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        store.describe(),
+        "postgres postgresql://127.0.0.1:5432/test"
+    );
+    let store = open(&config(Backend::Redis, "redis://:secret@127.0.0.1:6379/"))
+        .await
+        .err()
+        .expect("the server has no password");
+    assert!(!store.to_string().contains("secret"), "{store}");
+    let redis = open(&config(Backend::Redis, REDIS)).await.unwrap();
+    assert_eq!(redis.describe(), "redis redis://127.0.0.1:6379/");
+}
+
+#[tokio::test]
+async fn the_postgres_table_and_redis_hash_hold_what_the_docs_say() {
+    let ns = unique("layout");
+    let pg = open(&config(Backend::Postgres, POSTGRES)).await.unwrap();
+    pg.commit(&ns, vec![("k".into(), b"\x00\xff".to_vec())], vec![])
+        .await
+        .unwrap();
+    let client = postgres_client().await;
+    let row = client
+        .query_one(
+            "SELECT key, value FROM sluice_state WHERE namespace = $1",
+            &[&ns],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "k");
+    assert_eq!(row.get::<_, Vec<u8>>(1), vec![0u8, 0xff]);
+    pg.commit(&ns, vec![], vec!["k".into()]).await.unwrap();
+
+    let redis = open(&config(Backend::Redis, REDIS)).await.unwrap();
+    redis
+        .commit(&ns, vec![("k".into(), b"v".to_vec())], vec![])
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let v: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("sluice:state:{ns}"))
+        .arg("k")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, b"v");
+    redis.commit(&ns, vec![], vec!["k".into()]).await.unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("sluice:state:{ns}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "an emptied namespace leaves no hash behind");
+}
+
+/// A commit whose second statement fails leaves nothing of the first: Postgres `text` refuses
+/// NUL, so the DELETE fails after the upsert ran inside the same transaction.
+#[tokio::test]
+async fn a_failed_postgres_commit_applies_nothing() {
+    let ns = unique("pg-atomic");
+    let store = open(&config(Backend::Postgres, POSTGRES)).await.unwrap();
+    store
+        .commit(&ns, vec![("old".into(), b"1".to_vec())], vec![])
+        .await
+        .unwrap();
+    let err = store
+        .commit(
+            &ns,
+            vec![("new".into(), b"2".to_vec()), ("old".into(), b"3".to_vec())],
+            vec!["bad\0key".into()],
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    // Refused by the server, after the upsert ran in the same transaction.
+    assert!(err.to_string().contains("(SQLSTATE 22021)"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StateError::Backend {
+                backend: "postgres",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        store.load(&ns).await.unwrap(),
+        vec![("old".to_string(), b"1".to_vec())]
+    );
+    store.commit(&ns, vec![], vec!["old".into()]).await.unwrap();
+}
+
+/// Redis does not roll back a transaction whose commands fail at EXEC; both commands fail on a
+/// key of the wrong type, so nothing is applied and the error says so (not retryable).
+#[tokio::test]
+async fn a_redis_commit_on_a_foreign_key_fails_without_retry() {
+    let ns = unique("redis-wrongtype");
+    let key = format!("sluice:state:{ns}");
+    let mut conn = redis::Client::open(REDIS)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = open(&config(Backend::Redis, REDIS)).await.unwrap();
+    let err = store
+        .commit(&ns, vec![("k".into(), b"v".to_vec())], vec!["x".into()])
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_servers_are_retryable() {
+    let err = open(&config(Backend::Redis, "redis://127.0.0.1:1/"))
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(err.is_retryable(), "{err}");
+    let err = open(&config(
+        Backend::Postgres,
+        "postgres://postgres@127.0.0.1:1/test",
+    ))
+    .await
+    .err()
+    .expect("nothing listens on port 1");
+    assert!(err.is_retryable(), "{err}");
+}
