@@ -68,14 +68,20 @@ pub fn write_pipeline(dir: &Path, yaml: &str) -> String {
     path.to_str().expect("utf-8 path").to_string()
 }
 
-/// Runs `sluice ARGS` against the emulator to completion.
-pub async fn sluice(args: &[&str], conn: &Connection) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
+/// The `sluice` binary with `args`, pointed at the emulator (logs at info).
+pub fn sluice_command(args: &[&str], conn: &Connection) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.args(args)
         .env("PUBSUB_EMULATOR_HOST", host(conn))
         .env("GOOGLE_CLOUD_PROJECT", PROJECT)
         .env("RUST_LOG", "sluice=info")
-        .env_remove("SLUICE_STATUS_URL")
+        .env_remove("SLUICE_STATUS_URL");
+    c
+}
+
+/// Runs `sluice ARGS` against the emulator to completion.
+pub async fn sluice(args: &[&str], conn: &Connection) -> std::process::Output {
+    sluice_command(args, conn)
         .output()
         .await
         .expect("the sluice binary runs")

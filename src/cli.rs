@@ -202,9 +202,19 @@ pub async fn run(
 ) -> Result<RunReport, pipeline::EngineError> {
     // The bound `--http` address replaces this default once known (port 0, 0.0.0.0).
     let status_url = std::env::var("SLUICE_STATUS_URL").ok();
+    let state = match spec.options.state.backend {
+        crate::state::Backend::Memory => None,
+        _ => Some(
+            crate::state::open(&spec.options.state)
+                .await
+                .map_err(|e| pipeline::EngineError::config("options.state", e.to_string()))?,
+        ),
+    };
     let services = Services {
         valves: Arc::new(Valves::default()),
         alerter: crate::alerts::Alerter::start(status_url),
+        state,
+        failed: Arc::default(),
     };
     let valves = services.valves.clone();
     let built = pipeline::build::build(spec, graph, &Overrides::default(), &services)?;
@@ -253,6 +263,8 @@ pub async fn run(
     });
     status.running.store(true, Ordering::Relaxed);
     let control = RunControl::new(stop)
+        .with_failed(services.failed.clone())
+        .with_durable_state(services.state.is_some())
         .with_until_idle(until_idle)
         .with_valves(valves)
         .with_drain(
@@ -394,6 +406,21 @@ pub fn explain(spec: &PipelineSpec, graph: &Graph) -> String {
         }
         if n.windowing != config::Windowing::global() {
             let _ = write!(s, "; windowing: {:?}", n.windowing.kind);
+        }
+        if let config::TransformConfig::WriteToPubSub(w) = &spec.transforms[n.spec].config
+            && let Some(shard) = &w.shard
+        {
+            let _ = write!(
+                s,
+                "; shard: [{}] mod {} -> {}",
+                shard.fields().join(", "),
+                shard.count,
+                if crate::pubsub::shard::is_per_shard(&w.topic.value) {
+                    format!("topics {}", w.topic.value)
+                } else {
+                    format!("attribute sluice_shard on {}", w.topic.value)
+                }
+            );
         }
         s.push('\n');
     }

@@ -33,6 +33,11 @@ pub struct Overrides {
 pub struct Services {
     pub valves: Arc<Valves>,
     pub alerter: Alerter,
+    /// The state store of `options.state` (persistent backends only): Combine checkpoints there.
+    pub state: Option<Arc<dyn crate::state::StateStore>>,
+    /// The run's failure flag (shared with its `RunControl`): nothing is checkpointed or
+    /// confirmed as written once it is set.
+    pub failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Services {
@@ -41,6 +46,8 @@ impl Default for Services {
         Services {
             valves: Arc::default(),
             alerter: Alerter::recording().0,
+            state: None,
+            failed: Arc::default(),
         }
     }
 }
@@ -248,7 +255,15 @@ pub fn build(
             | TransformConfig::Combine { .. }
             | TransformConfig::ExtractWindowingInfo { .. }
             | TransformConfig::Deduplicate { .. } => {
-                transforms::window::build(spec, graph, node, errors, &st)?
+                let durable = services.state.as_ref().map(|store| {
+                    transforms::window::combine::durable::DurableConfig {
+                        store: store.clone(),
+                        checkpoint_interval: spec.options.state.checkpoint_interval,
+                        dedupe_horizon: spec.options.state.dedupe_horizon,
+                        failed: services.failed.clone(),
+                    }
+                });
+                transforms::window::build(spec, graph, node, errors, &st, durable)?
             }
             TransformConfig::Sql { query } => {
                 let windowed = node.windowing.is_windowed().then(|| {

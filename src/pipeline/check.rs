@@ -1,5 +1,6 @@
 //! `validate`'s checks beyond structure: expressions compile (SQL syntax), and what a transform
-//! needs from its inputs (a `Sql` query's tables and boundedness).
+//! needs from its inputs (a `Sql` query's tables and boundedness, the fields a sharded
+//! `WriteToPubSub` keys on).
 
 use super::graph::Graph;
 use crate::config::components::TransformConfig;
@@ -273,4 +274,124 @@ fn missing_message_id(spec: &PipelineSpec, graph: &Graph, node: usize) -> Option
         todo.extend(from.inputs.iter());
     }
     None
+}
+
+/// A sharded `WriteToPubSub` keys on fields of its input: where the input's columns are known
+/// before running ([`known_columns`]), each `shard.by` field must be one of them. Elsewhere the
+/// sink checks at run time (and fails the run, a pipeline error).
+pub fn check_shard_keys(spec: &PipelineSpec, graph: &Graph, rep: &mut Reporter) {
+    for node in &graph.nodes {
+        let t = &spec.transforms[node.spec];
+        let TransformConfig::WriteToPubSub(w) = &t.config else {
+            continue;
+        };
+        let (Some(shard), [edge]) = (&w.shard, &node.inputs[..]) else {
+            continue;
+        };
+        let Some(columns) = known_columns(spec, graph, edge, 0) else {
+            continue;
+        };
+        for f in &shard.by {
+            if columns.contains(&f.value) {
+                continue;
+            }
+            let hint = did_you_mean(&f.value, columns.iter().map(String::as_str))
+                .unwrap_or_else(|| format!("the input's fields are: {}", columns.join(", ")));
+            rep.error(
+                f.pos,
+                format!(
+                    "shard key `{}` is not a field of `{}`'s input `{}`",
+                    f.value, t.name, graph.nodes[edge.from].name
+                ),
+                Some(hint),
+            );
+        }
+    }
+}
+
+/// The user columns arriving over `edge`, when they follow from the pipeline file alone: a
+/// `ReadFromPubSub` (its schema, attribute and metadata columns), `Create`, error records,
+/// `MapToFields`, `Combine`, and transforms that pass rows through unchanged. `None` when they
+/// depend on data (files without a schema, `Sql`, …).
+fn known_columns(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    edge: &super::graph::Edge,
+    depth: usize,
+) -> Option<Vec<String>> {
+    let from = &graph.nodes[edge.from];
+    if from.error_port == Some(edge.port) {
+        return Some(vec!["element".into(), "msg".into(), "transform".into()]);
+    }
+    // Deeper chains than this are unusual; the run-time check covers them.
+    if edge.port != 0 || depth > 32 {
+        return None;
+    }
+    let upstream = || match &from.inputs[..] {
+        [one] => known_columns(spec, graph, one, depth + 1),
+        _ => None,
+    };
+    let user = |names: Vec<String>| -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| !crate::record::meta::is_hidden(n))
+            .collect()
+    };
+    match &spec.transforms[from.spec].config {
+        TransformConfig::ReadFromPubSub(r) => {
+            let d = crate::pubsub::decode::MessageDecoder::new(r).ok()?;
+            Some(user(
+                d.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+            ))
+        }
+        TransformConfig::Create { elements } => {
+            let mut names: Vec<String> = Vec::new();
+            for e in elements {
+                for k in e.as_object()?.keys() {
+                    if !names.contains(k) {
+                        names.push(k.clone());
+                    }
+                }
+            }
+            Some(names)
+        }
+        TransformConfig::MapToFields {
+            fields,
+            append,
+            drop,
+        } => {
+            let mut names: Vec<String> = if *append {
+                upstream()?
+                    .into_iter()
+                    .filter(|n| !drop.iter().any(|d| &d.value == n))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for (f, _) in fields {
+                if !names.contains(&f.value) {
+                    names.push(f.value.clone());
+                }
+            }
+            Some(names)
+        }
+        TransformConfig::Combine { group_by, combine } => Some(
+            group_by
+                .iter()
+                .map(|g| g.value.clone())
+                .chain(combine.iter().map(|c| c.output.clone()))
+                .collect(),
+        ),
+        TransformConfig::Filter { .. }
+        | TransformConfig::Deduplicate { .. }
+        | TransformConfig::AssignTimestamps { .. }
+        | TransformConfig::WindowInto { .. }
+        | TransformConfig::ValidateWithSchema { .. }
+        | TransformConfig::Check(_) => upstream(),
+        _ => None,
+    }
 }

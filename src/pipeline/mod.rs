@@ -31,6 +31,7 @@ pub fn check_into(spec: &PipelineSpec, rep: &mut Reporter) -> Graph {
     check::check_expressions(spec, rep);
     check::check_sql(spec, &graph, rep);
     check::check_deduplicate(spec, &graph, rep);
+    check::check_shard_keys(spec, &graph, rep);
     graph
 }
 
@@ -81,7 +82,10 @@ pub async fn execute_with(
         stats,
         captures,
     } = build::build(spec, graph, overrides, services)?;
-    let control = control.with_valves(services.valves.clone());
+    let control = control
+        .with_valves(services.valves.clone())
+        .with_failed(services.failed.clone())
+        .with_durable_state(services.state.is_some());
     let report = runner::run(graph, stages, stats, control).await?;
     Ok((report, captures))
 }

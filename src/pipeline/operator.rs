@@ -112,6 +112,13 @@ impl Output {
             .flat_map(|(i, p)| p.drain(..).map(move |b| (i, b)))
     }
 
+    /// Visits every batch emitted so far, with its port.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(usize, &mut Batch)) {
+        for (i, p) in self.ports.iter_mut().enumerate() {
+            p.iter_mut().for_each(|b| f(i, b));
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ports.iter().all(Vec::is_empty)
     }
@@ -181,6 +188,11 @@ pub trait SourceSink: Send {
     async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), EngineError>;
     /// Advances the source's watermark.
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError>;
+    /// An unbounded source stopped (a drain, `--until-idle`): its input did not end. By default
+    /// the watermark jumps to the end of time, so windows fire (`drain: flush`).
+    async fn stopped(&mut self) -> Result<(), EngineError> {
+        self.watermark(END_OF_TIME).await
+    }
     /// True once a stop was requested (SIGINT/SIGTERM): read no more and return.
     fn stopping(&self) -> bool;
     /// True while a valve (or gate) this source feeds is closed: `emit` would wait. A paused

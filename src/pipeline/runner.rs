@@ -114,6 +114,9 @@ pub struct RunControl {
     pub drain: Drain,
     /// How long a stop may take before the run is abandoned (`options.drain_timeout`).
     pub drain_timeout: Option<Duration>,
+    /// Stateful transforms checkpoint to a persistent store (`options.state`): a stop of an
+    /// unbounded source leaves their windows open (checkpointed) for the next run.
+    pub durable_state: bool,
 }
 
 impl RunControl {
@@ -126,7 +129,20 @@ impl RunControl {
             valves: Arc::default(),
             drain: Drain::Flush,
             drain_timeout: None,
+            durable_state: false,
         }
+    }
+
+    /// See [`RunControl::durable_state`].
+    pub fn with_durable_state(mut self, durable: bool) -> Self {
+        self.durable_state = durable;
+        self
+    }
+
+    /// Shares `failed` with the stages built for this run (their holds check it).
+    pub fn with_failed(mut self, failed: Arc<AtomicBool>) -> Self {
+        self.failed = failed;
+        self
     }
 
     /// `options.drain` and `options.drain_timeout`.
@@ -385,6 +401,15 @@ impl SourceSink for SourceOut {
         self.fanout.send(port, batch).instrument(span).await;
         source.add_throttled(sending.elapsed());
         Ok(())
+    }
+
+    async fn stopped(&mut self) -> Result<(), EngineError> {
+        // With durable state the open windows are checkpointed, not fired: the next run (a
+        // restarted or updated worker) goes on with them.
+        if self.control.durable_state {
+            return Ok(());
+        }
+        self.watermark(crate::pipeline::END_OF_TIME).await
     }
 
     async fn watermark(&mut self, wm: EventTime) -> Result<(), EngineError> {

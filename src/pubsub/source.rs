@@ -19,7 +19,7 @@ use super::ack::{Ackable, MessageAcks, Watermark};
 use super::client::{Connection, PubSubError};
 use super::config::{ReadConfig, ReadFrom};
 use super::decode::{Incoming, MessageDecoder};
-use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink};
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink};
 use crate::pipeline::stats::AckStats;
 use crate::record::{AckToken, Batch};
 
@@ -324,7 +324,7 @@ impl Source for ReadFromPubSub {
         }
         drop(pending);
         result?;
-        sink.watermark(END_OF_TIME).await?;
+        sink.stopped().await?;
         // Dropping the receiver stops the hand-over; messages in the channel are nacked. The
         // lease loop keeps extending the leases of messages still held downstream until they
         // are acked (ShutdownBehavior::WaitForProcessing).

@@ -157,7 +157,10 @@ pub fn init() {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sluice=info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or a pipe gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
         let mut labels = Map::new();
         if let Ok(pod) = std::env::var("HOSTNAME") {

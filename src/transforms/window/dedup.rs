@@ -17,6 +17,8 @@ use arrow::compute::filter_record_batch;
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 
+use super::combine::durable::DurableConfig;
+use super::dedup_state::DedupState;
 use crate::expr;
 use crate::pipeline::operator::{EngineError, EventTime, Operator, Output};
 use crate::record::{Batch, meta};
@@ -30,6 +32,8 @@ pub struct Deduplicate {
     converter: Option<RowConverter>,
     /// Key bytes (arrow-row encoding) → event time of the kept row.
     seen: HashMap<Vec<u8>, EventTime>,
+    /// Checkpointed keys (`options.state` with a persistent backend).
+    durable: Option<DedupState>,
 }
 
 impl Deduplicate {
@@ -48,7 +52,23 @@ impl Deduplicate {
             within_ms,
             converter: None,
             seen: HashMap::new(),
+            durable: None,
         }
+    }
+
+    /// Keeps the keys in a state store, so duplicates are dropped across restarts too.
+    pub fn with_durable(mut self, cfg: DurableConfig, pipeline: &str) -> Self {
+        self.durable = Some(DedupState::new(cfg, pipeline, &self.name));
+        self
+    }
+
+    async fn restore_once(&mut self) -> Result<(), EngineError> {
+        if let Some(d) = &mut self.durable {
+            for (k, t) in d.restore(&self.name).await? {
+                self.seen.entry(k).or_insert(t);
+            }
+        }
+        Ok(())
     }
 
     /// Number of keys remembered (for tests of the state bound).
@@ -65,6 +85,7 @@ impl Operator for Deduplicate {
         batch: Batch,
         out: &mut Output,
     ) -> Result<(), EngineError> {
+        self.restore_once().await?;
         let rows = &batch.rows;
         let cols = self
             .by
@@ -96,6 +117,7 @@ impl Operator for Deduplicate {
         })?;
         let ts = batch.event_times();
         let mut keep = Vec::with_capacity(rows.num_rows());
+        let mut kept_keys = Vec::new();
         for i in 0..rows.num_rows() {
             let t = ts.map_or(0, |a| if a.is_null(i) { 0 } else { a.value(i) });
             let key = keys.row(i);
@@ -105,12 +127,21 @@ impl Operator for Deduplicate {
                 .is_some_and(|&t0| t.abs_diff(t0) < self.within_ms.unsigned_abs());
             if !dup {
                 self.seen.insert(key.as_ref().to_vec(), t);
+                if self.durable.is_some() {
+                    kept_keys.push((key.as_ref().to_vec(), t));
+                }
             }
             keep.push(!dup);
         }
         let kept = filter_record_batch(rows, &BooleanArray::from(keep))
             .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
-        out.main(batch.derive(kept));
+        let mut kept = batch.derive(kept);
+        if let Some(d) = &self.durable
+            && !kept_keys.is_empty()
+        {
+            kept.acks.push(d.kept(kept_keys));
+        }
+        out.main(kept);
         Ok(())
     }
 
@@ -119,8 +150,41 @@ impl Operator for Deduplicate {
         watermark: EventTime,
         _out: &mut Output,
     ) -> Result<(), EngineError> {
+        self.restore_once().await?;
         let horizon = watermark.saturating_sub(self.within_ms);
-        self.seen.retain(|_, t| *t >= horizon);
+        match &mut self.durable {
+            None => self.seen.retain(|_, t| *t >= horizon),
+            Some(d) => self.seen.retain(|k, t| {
+                let live = *t >= horizon;
+                if !live {
+                    d.evict(k.clone());
+                }
+                live
+            }),
+        }
+        Ok(())
+    }
+
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        self.durable.as_ref().map(DedupState::interval)
+    }
+
+    async fn on_timer(
+        &mut self,
+        now: tokio::time::Instant,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.restore_once().await?;
+        if let Some(d) = &mut self.durable {
+            d.checkpoint(&self.name, Some(now), &self.seen).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        if let Some(d) = &mut self.durable {
+            d.checkpoint(&self.name, None, &self.seen).await?;
+        }
         Ok(())
     }
 }
@@ -211,5 +275,56 @@ mod tests {
             err.to_string(),
             "Once: the rows carry no message id (without `by`, Deduplicate keys on the id ReadFromPubSub gives each row); name the key fields with `by`"
         );
+    }
+
+    #[tokio::test]
+    async fn durable_keys_survive_a_restart_once_their_rows_were_written() {
+        let store = crate::state::open(&crate::state::StateConfig::default())
+            .await
+            .unwrap();
+        let cfg = DurableConfig {
+            store,
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            dedupe_horizon: std::time::Duration::from_secs(600),
+            failed: Arc::default(),
+        };
+        let worker = || Deduplicate::new("Once", Vec::new(), 60_000).with_durable(cfg.clone(), "p");
+        let now = tokio::time::Instant::now();
+        let mut out = Output::new(1);
+        let mut first = worker();
+        first
+            .process(0, batch(&[(1, "m1", 0), (2, "m2", 1_000)]), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            kept(&mut out),
+            vec![1, 2],
+            "written (the batch was dropped)"
+        );
+        first.on_timer(now, &mut out).await.unwrap();
+        first
+            .process(0, batch(&[(3, "m3", 2_000)]), &mut out)
+            .await
+            .unwrap();
+        let unwritten: Vec<Batch> = out.drain().map(|(_, b)| b).collect();
+        first
+            .on_timer(now + std::time::Duration::from_secs(2), &mut out)
+            .await
+            .unwrap();
+        drop(first);
+        drop(unwritten);
+
+        // Restarted: m1 and m2 were written and checkpointed, so their redelivery is dropped;
+        // m3's row was never written, so it is kept again.
+        let mut second = worker();
+        second
+            .process(
+                0,
+                batch(&[(4, "m1", 0), (5, "m2", 1_000), (6, "m3", 2_000)]),
+                &mut out,
+            )
+            .await
+            .unwrap();
+        assert_eq!(kept(&mut out), vec![6]);
     }
 }

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod assign_timestamps;
 pub mod combine;
 pub mod dedup;
+mod dedup_state;
 pub mod extract_info;
 pub mod lateness;
 pub mod window_into;
@@ -24,6 +25,7 @@ pub fn build(
     node: &Node,
     errors: ErrorRoute,
     stats: &StageStats,
+    durable: Option<combine::durable::DurableConfig>,
 ) -> Result<Stage, EngineError> {
     let t = &spec.transforms[node.spec];
     let name = node.name.as_str();
@@ -47,22 +49,34 @@ pub fn build(
             ))
         }
         TransformConfig::WindowInto { .. } => Box::new(window_into::WindowInto),
-        TransformConfig::Combine { group_by, combine } => Box::new(combine::Combine::new(
-            &spec.name,
-            group_by.iter().map(|g| g.value.clone()).collect(),
-            combine.clone(),
-            node.windowing,
-            errors,
-            stats.window().clone(),
-        )),
+        TransformConfig::Combine { group_by, combine } => {
+            let c = combine::Combine::new(
+                &spec.name,
+                group_by.iter().map(|g| g.value.clone()).collect(),
+                combine.clone(),
+                node.windowing,
+                errors,
+                stats.window().clone(),
+            );
+            Box::new(match durable {
+                Some(cfg) => c.with_durable(cfg),
+                None => c,
+            })
+        }
         TransformConfig::ExtractWindowingInfo { fields } => Box::new(
             extract_info::ExtractWindowingInfo::new(name, fields.clone(), node.windowing),
         ),
-        TransformConfig::Deduplicate { by, within_ms } => Box::new(dedup::Deduplicate::new(
-            name,
-            by.iter().map(|b| b.value.clone()).collect(),
-            *within_ms,
-        )),
+        TransformConfig::Deduplicate { by, within_ms } => {
+            let d = dedup::Deduplicate::new(
+                name,
+                by.iter().map(|b| b.value.clone()).collect(),
+                *within_ms,
+            );
+            Box::new(match durable {
+                Some(cfg) => d.with_durable(cfg, &spec.name),
+                None => d,
+            })
+        }
         _ => {
             return Err(EngineError::internal(name, "not a windowing transform"));
         }

@@ -125,6 +125,111 @@ impl GroupAcc {
     }
 }
 
+impl GroupAcc {
+    /// The state of all `total` groups as columns, for a checkpoint; the accumulator keeps it.
+    /// Native and per-group states have one row per group; exact distinct counts have one row
+    /// per (group, value) pair. [`GroupAcc::restore`] on a fresh accumulator reverses it.
+    ///
+    /// # Errors
+    /// An accumulator failed to export its state (an internal error).
+    pub fn snapshot(&mut self, spec: &AggSpec, total: usize) -> Result<Vec<ArrayRef>, String> {
+        match self {
+            GroupAcc::Native(acc) => {
+                let empty = new_empty_array(spec.input_type());
+                acc.update_batch(&[empty], &[], None, total)
+                    .map_err(|e| e.to_string())?;
+                let state = acc.state(EmitTo::All).map_err(|e| e.to_string())?;
+                let all: Vec<usize> = (0..total).collect();
+                acc.merge_batch(&state, &all, total)
+                    .map_err(|e| e.to_string())?;
+                Ok(state)
+            }
+            GroupAcc::Distinct(d) => d.snapshot(),
+            GroupAcc::PerGroup(p) => {
+                p.grow(total)?;
+                accumulator_states(&mut p.accs)
+            }
+        }
+    }
+
+    /// Loads a [`GroupAcc::snapshot`] of `total` groups into this fresh accumulator.
+    ///
+    /// # Errors
+    /// The columns do not fit the accumulator (a checkpoint from another pipeline version).
+    pub fn restore(&mut self, columns: &[ArrayRef], total: usize) -> Result<(), String> {
+        match self {
+            GroupAcc::Native(acc) => {
+                let all: Vec<usize> = (0..total).collect();
+                acc.merge_batch(columns, &all, total)
+                    .map_err(|e| e.to_string())
+            }
+            GroupAcc::Distinct(d) => {
+                let [groups, values] = columns else {
+                    return Err("a distinct-count checkpoint has two columns".into());
+                };
+                let groups: Vec<usize> = groups
+                    .as_primitive_opt::<arrow::datatypes::UInt32Type>()
+                    .ok_or("distinct-count groups are not UInt32")?
+                    .values()
+                    .iter()
+                    .map(|&g| g as usize)
+                    .collect();
+                d.update(values, &groups, total)
+            }
+            GroupAcc::PerGroup(p) => {
+                p.grow(total)?;
+                merge_accumulator_states(&mut p.accs, columns)?;
+                p.bytes = p.accs.iter().map(|a| a.size()).sum();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The intermediate state of every accumulator in `accs`, one column per state field with one
+/// row per accumulator (DataFusion's `Accumulator::state`, which leaves the state in place).
+///
+/// # Errors
+/// An accumulator failed to export its state.
+pub fn accumulator_states(accs: &mut [Box<dyn Accumulator>]) -> Result<Vec<ArrayRef>, String> {
+    let mut fields: Vec<Vec<ScalarValue>> = Vec::new();
+    for acc in accs.iter_mut() {
+        let state = acc.state().map_err(|e| e.to_string())?;
+        if fields.is_empty() {
+            fields = state.iter().map(|_| Vec::new()).collect();
+        }
+        for (f, v) in fields.iter_mut().zip(state) {
+            f.push(v);
+        }
+    }
+    fields
+        .into_iter()
+        .map(|f| ScalarValue::iter_to_array(f).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Merges row `i` of `columns` (an [`accumulator_states`] export) into `accs[i]`.
+///
+/// # Errors
+/// The columns do not fit the accumulators.
+pub fn merge_accumulator_states(
+    accs: &mut [Box<dyn Accumulator>],
+    columns: &[ArrayRef],
+) -> Result<(), String> {
+    if columns.first().is_some_and(|c| c.len() != accs.len()) {
+        return Err(format!(
+            "checkpoint holds {} accumulator states for {} groups",
+            columns.first().map_or(0, |c| c.len()),
+            accs.len()
+        ));
+    }
+    for (i, acc) in accs.iter_mut().enumerate() {
+        let row: Vec<ArrayRef> = columns.iter().map(|c| c.slice(i, 1)).collect();
+        acc.merge_batch(&row).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Hasher for keys that are already well mixed or small integers: murmur3's 64-bit finaliser
 /// over the words written.
 #[derive(Default)]
@@ -258,6 +363,38 @@ impl DistinctCounts {
             }
         }
         Ok(())
+    }
+
+    /// (group, value) pairs seen, as a UInt32 and an Int64 or Utf8 column.
+    fn snapshot(&mut self) -> Result<Vec<ArrayRef>, String> {
+        let mut pairs: Vec<(u32, u64)> = self.seen.iter().copied().collect();
+        pairs.sort_unstable();
+        let groups: ArrayRef = Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.0)));
+        let values: ArrayRef = match self.kind {
+            DistinctKind::Int => Arc::new(Int64Array::from_iter_values(
+                pairs.iter().map(|p| p.1 as i64),
+            )),
+            DistinctKind::Str => {
+                // Interned ids are insertion order: the map's state array is indexed by id. Take
+                // it out and insert it back in the same order, so the ids stay the same.
+                let strings =
+                    std::mem::replace(&mut self.strings, ArrowBytesMap::new(OutputType::Utf8));
+                let all = strings.into_state();
+                let mut n = 0u32;
+                self.strings.insert_if_new(
+                    &all,
+                    |_| {
+                        let id = n;
+                        n += 1;
+                        id
+                    },
+                    |_| {},
+                );
+                let idx = UInt32Array::from_iter_values(pairs.iter().map(|p| p.1 as u32));
+                take(all.as_ref(), &idx, None).map_err(|e| e.to_string())?
+            }
+        };
+        Ok(vec![groups, values])
     }
 
     fn evaluate(&mut self, total: usize, reset: bool) -> ArrayRef {

@@ -8,6 +8,9 @@
 //! or overlaps them. Output rows hold only the group-by fields and the aggregates (Beam), plus
 //! the hidden window, pane, event time (window end − 1 ms) and row id columns.
 
+mod absorb;
+mod checkpoint;
+pub mod durable;
 mod groups;
 mod state;
 mod windows;
@@ -29,14 +32,14 @@ use windows::{Pick, WindowState, Windows, hash_rows};
 use super::aggregate::AggSpec;
 use super::lateness;
 use crate::config::components::CombineField;
-use crate::config::window::{WindowKind, Windowing};
+use crate::config::window::Windowing;
 use crate::expr;
 use crate::pipeline::operator::{
     END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output,
 };
 use crate::pipeline::stats::WindowStats;
 use crate::record::{Batch, rows};
-use crate::time::{SessionMerge, Window, assign, assign_into, session_merge};
+use crate::time::{SessionMerge, Window, assign_into, session_merge};
 use crate::transforms::CompiledFor;
 
 pub struct Combine {
@@ -59,6 +62,12 @@ pub struct Combine {
     /// Estimated size of `state`, published with the group count to `/metrics`.
     bytes: StateBytes,
     stats: Arc<WindowStats>,
+    /// Key and value types the layout was made from (checkpointed with the state).
+    layout_types: Option<(Vec<DataType>, Vec<DataType>)>,
+    /// Checkpointing to a state store (`options.state` with a persistent backend).
+    durable: Option<durable::Durable>,
+    next_early: Option<tokio::time::Instant>,
+    next_checkpoint: Option<tokio::time::Instant>,
 }
 
 impl Combine {
@@ -96,7 +105,23 @@ impl Combine {
             watermark: EventTime::MIN,
             bytes: StateBytes::default(),
             stats,
+            layout_types: None,
+            durable: None,
+            next_early: None,
+            next_checkpoint: None,
         }
+    }
+
+    /// Checkpoints the state to `cfg.store` and lets the input be acknowledged once it is
+    /// checkpointed (see `durable.rs`).
+    pub fn with_durable(mut self, cfg: durable::DurableConfig) -> Self {
+        self.durable = Some(durable::Durable::new(cfg, &self.pipeline, &self.name));
+        self
+    }
+
+    /// Rows dropped because their message was already absorbed (durable state only).
+    pub fn duplicates(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.duplicates)
     }
 
     /// Publishes the state's size (after every call that may have changed it).
@@ -147,28 +172,44 @@ impl Combine {
         if self.layout.is_some() {
             return Ok(());
         }
+        let key_types = keys.iter().map(|k| k.data_type().clone()).collect();
+        let value_types = self
+            .value_index
+            .iter()
+            .map(|vi| {
+                vi.and_then(|i| values.get(i))
+                    .map_or(DataType::Int64, |v| v.data_type().clone())
+            })
+            .collect();
+        self.make_layout(key_types, value_types)
+    }
+
+    /// The layout for keys and values (one type per combine field) of these types.
+    fn make_layout(
+        &mut self,
+        key_types: Vec<DataType>,
+        value_types: Vec<DataType>,
+    ) -> Result<(), EngineError> {
         let synthetic = self.group_by.is_empty();
         let key_fields = if synthetic {
             vec![Field::new("__key", DataType::Boolean, true)]
         } else {
             self.group_by
                 .iter()
-                .zip(keys)
-                .map(|(n, k)| Field::new(n, k.data_type().clone(), true))
+                .zip(&key_types)
+                .map(|(n, t)| Field::new(n, t.clone(), true))
                 .collect()
         };
         let mut specs = Vec::with_capacity(self.fields.len());
-        for (f, vi) in self.fields.iter().zip(&self.value_index) {
-            let ty = vi
-                .and_then(|i| values.get(i))
-                .map_or(DataType::Int64, |v| v.data_type().clone());
-            let spec = AggSpec::new(f.func, &ty)
+        for (f, ty) in self.fields.iter().zip(&value_types) {
+            let spec = AggSpec::new(f.func, ty)
                 .map_err(|e| self.config_err(format!("`{}`: {e}", f.output)))?;
             specs.push(spec);
         }
         let outputs = self.fields.iter().map(|f| f.output.clone()).collect();
         self.layout =
             Some(Layout::new(key_fields, synthetic, specs, outputs).map_err(|e| self.internal(e))?);
+        self.layout_types = Some((key_types, value_types));
         Ok(())
     }
 
@@ -212,7 +253,11 @@ impl Combine {
                 self.bytes.update(k, g);
             }
         }
-        if let Some((rows, acks)) = emitted {
+        if let Some((rows, mut acks)) = emitted {
+            if let Some(d) = &mut self.durable {
+                d.sessions_changed = true;
+                acks.push(d.emitted(0, &rows));
+            }
             out.main(Batch::merged(rows, acks));
         }
         Ok(())
@@ -231,10 +276,13 @@ impl Combine {
         let discarding = !self.windowing.accumulating;
         let mut batches = Vec::new();
         let mut acks = Vec::new();
-        for w in self.windows.values_mut() {
+        for (key, w) in self.windows.iter_mut() {
             let Some((timing, which)) = pick(w) else {
                 continue;
             };
+            if let Some(d) = &mut self.durable {
+                d.changed.insert(*key);
+            }
             let ids = (self.pipeline.as_str(), self.name.as_str());
             if let Some(b) = w
                 .emit(layout, which, timing, ids, discarding, &mut acks)
@@ -250,6 +298,9 @@ impl Combine {
             _ => arrow::compute::concat_batches(&layout.schema, &batches)
                 .map_err(|e| EngineError::internal(&self.name, e.to_string()))?,
         };
+        if let Some(d) = &mut self.durable {
+            acks.push(d.emitted(0, &rows));
+        }
         out.main(Batch::merged(rows, acks));
         Ok(())
     }
@@ -299,8 +350,17 @@ impl Combine {
         let internal = |e: String| EngineError::internal(&self.name, e);
         let mut groups = Vec::new();
         let mut touched_late = false;
+        // With durable state the checkpoint holds the input, not the windows.
+        let acks: &[crate::record::AckToken] = if self.durable.is_some() {
+            &[]
+        } else {
+            &r.batch.acks
+        };
         for (w, idx) in buckets {
             let key = (w.end, w.start);
+            if let Some(d) = &mut self.durable {
+                d.changed.insert(key);
+            }
             let state = match self.windows.entry(key) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(
@@ -317,9 +377,7 @@ impl Combine {
                     .map(|c| take(c.as_ref(), &idx, None).map_err(|e| internal(e.to_string())))
                     .collect::<Result<_, _>>()?
             };
-            state
-                .update(&parts, &groups, &r.batch.acks)
-                .map_err(internal)?;
+            state.update(&parts, &groups, acks).map_err(internal)?;
             state.recount();
             touched_late |= state.on_time_fired;
         }
@@ -343,6 +401,9 @@ impl Combine {
             .collect();
         for k in expired {
             self.windows.remove(&k);
+            if let Some(d) = &mut self.durable {
+                d.changed.insert(k);
+            }
         }
         let expired: Vec<GroupKey> = self
             .state
@@ -354,6 +415,9 @@ impl Combine {
         for k in expired {
             if let Some(g) = self.state.remove(&k) {
                 self.bytes.remove(&g);
+                if let Some(d) = &mut self.durable {
+                    d.sessions_changed = true;
+                }
             }
             if let Some(set) = self.sessions.get_mut(&k.2) {
                 set.remove(&state::window_of(&k));
@@ -450,211 +514,25 @@ impl Operator for Combine {
         batch: Batch,
         out: &mut Output,
     ) -> Result<(), EngineError> {
-        let global = self.windowing.kind == WindowKind::Global;
-        let exprs = self
-            .values
-            .get(&batch.schema())
-            .map_err(|e| EngineError::config(&self.name, e))?
-            .to_vec();
-        let evaluated = expr::evaluate_isolating(&exprs, &batch.rows);
-        let mut failures: Vec<(String, String)> = evaluated
-            .failed
-            .iter()
-            .map(|(i, e)| (rows::row_json(&batch.rows, *i), e.clone()))
-            .collect();
-        let rows = evaluated.rows;
-        let n = rows.num_rows();
-        if n == 0 {
-            self.errors.report(out, &batch, failures);
+        self.restore_once(out).await?;
+        let Some(d) = &mut self.durable else {
+            return self.absorb(batch, out);
+        };
+        let batch = d.admit(&self.name, batch)?;
+        if batch.num_rows() == 0 {
             return Ok(());
         }
-        let keys = self.key_columns(&rows)?;
-        self.ensure_layout(&keys, &evaluated.values)?;
-        let layout = self
-            .layout
-            .as_ref()
-            .ok_or_else(|| self.internal("no layout"))?;
-        // Inputs per aggregation; rows whose value cannot be converted are errors.
-        let mut inputs = Vec::with_capacity(layout.specs.len());
-        let mut ok = vec![true; n];
-        for (spec, vi) in layout.specs.iter().zip(&self.value_index) {
-            let values = vi.and_then(|i| evaluated.values.get(i));
-            match spec.prepare(values, n) {
-                Ok(a) => inputs.push(a),
-                Err(e) => {
-                    let Some(values) = values else {
-                        return Err(self.internal(e));
-                    };
-                    let mut parts = Vec::with_capacity(n);
-                    for (i, okay) in ok.iter_mut().enumerate() {
-                        match spec.prepare(Some(&values.slice(i, 1)), 1) {
-                            Ok(a) => parts.push(a),
-                            Err(e) => {
-                                *okay = false;
-                                failures.push((rows::row_json(&rows, i), e));
-                                parts.push(arrow::array::new_null_array(spec.input_type(), 1));
-                            }
-                        }
-                    }
-                    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                    inputs.push(arrow::compute::concat(&refs).map_err(|e| self.internal(e))?);
+        let result = self.absorb(batch, out);
+        // Error records are checkpointed like panes: the input's id is in the checkpoint, so a
+        // redelivery is dropped, and the record must not be lost if the worker dies first.
+        if let Some(d) = &mut self.durable {
+            out.for_each_mut(|port, b| {
+                if port != 0 {
+                    b.acks.push(d.emitted(port, &b.rows));
                 }
-            }
+            });
         }
-        let key_cols: Vec<ArrayRef> = layout
-            .key_fields
-            .iter()
-            .zip(&keys)
-            .map(|(f, k)| {
-                if k.data_type() == f.data_type() {
-                    Ok(k.clone())
-                } else {
-                    arrow::compute::cast(k, f.data_type()).map_err(|e| {
-                        self.config_err(format!(
-                            "group_by field `{}` changed type from {} to {}: {e}",
-                            f.name(),
-                            f.data_type(),
-                            k.data_type()
-                        ))
-                    })
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        let key_rows = layout
-            .converter
-            .convert_columns(&key_cols)
-            .map_err(|e| self.internal(e))?;
-        let times: Option<Vec<EventTime>> =
-            match rows.column_by_name(crate::record::meta::EVENT_TIME) {
-                Some(c) => c
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .map(|a| {
-                        (0..n)
-                            .map(|i| {
-                                if a.is_null(i) {
-                                    EventTime::MIN
-                                } else {
-                                    a.value(i)
-                                }
-                            })
-                            .collect()
-                    }),
-                None => None,
-            };
-        let times = match times {
-            Some(t) => t,
-            None if global => vec![EventTime::MIN; n],
-            None => {
-                return Err(self.config_err(
-                    "windowed Combine needs event times: add `AssignTimestamps` before it",
-                ));
-            }
-        };
-
-        if !matches!(self.windowing.kind, WindowKind::Sessions { .. }) {
-            let rows = Prepared {
-                batch: &batch,
-                rows: &rows,
-                inputs: &inputs,
-                ok: &ok,
-                keys: &key_rows,
-                times: &times,
-            };
-            return self.process_windows(rows, failures, out);
-        }
-
-        // Session windows: (row, window) pairs; rows with no acceptable window are late errors.
-        let mut pairs: Vec<(u32, Window)> = Vec::with_capacity(n);
-        let mut late_rows: Vec<(usize, String)> = Vec::new();
-        {
-            let mut by_key: BTreeMap<OwnedRow, Vec<usize>> = BTreeMap::new();
-            for i in (0..n).filter(|&i| ok[i]) {
-                by_key.entry(key_rows.row(i).owned()).or_default().push(i);
-            }
-            for (key, idx) in by_key {
-                let mut live = Vec::with_capacity(idx.len());
-                let mut protos = Vec::with_capacity(idx.len());
-                for i in idx {
-                    let w = assign(&self.windowing.kind, times[i])[0];
-                    if self.rejects(&w) {
-                        late_rows.push((i, self.late_message(times[i], &w)));
-                    } else {
-                        live.push(i);
-                        protos.push(w);
-                    }
-                }
-                if live.is_empty() {
-                    continue;
-                }
-                let targets = self.merge_into_sessions(&key, &protos)?;
-                pairs.extend(live.into_iter().zip(targets).map(|(i, w)| (i as u32, w)));
-            }
-        }
-        for (i, msg) in late_rows {
-            failures.push((rows::row_json(&rows, i), msg));
-        }
-        self.errors.report(out, &batch, failures);
-
-        // Bucket by (window, key) and update each bucket with one call per aggregation.
-        let mut buckets: BTreeMap<(Window, arrow::row::Row<'_>), Vec<u32>> = BTreeMap::new();
-        for (i, w) in pairs {
-            buckets
-                .entry((w, key_rows.row(i as usize)))
-                .or_default()
-                .push(i);
-        }
-        let layout = self
-            .layout
-            .as_ref()
-            .ok_or_else(|| self.internal("no layout"))?;
-        let mut touched_late = false;
-        for ((w, key), idx) in buckets {
-            let gk = key_of(w, key.owned());
-            if !self.state.contains_key(&gk) {
-                let accs = layout.new_accumulators().map_err(|e| self.internal(e))?;
-                self.state.insert(
-                    gk.clone(),
-                    Group {
-                        accs,
-                        pane_index: 0,
-                        on_time_fired: w.end <= self.watermark,
-                        dirty: false,
-                        acks: Vec::new(),
-                        bytes: 0,
-                    },
-                );
-                if let WindowKind::Sessions { .. } = self.windowing.kind {
-                    self.sessions.entry(gk.2.clone()).or_default().insert(w);
-                }
-            }
-            let group = self
-                .state
-                .get_mut(&gk)
-                .ok_or_else(|| EngineError::internal(&self.name, "missing group"))?;
-            let indices = UInt32Array::from(idx);
-            for (acc, input) in group.accs.iter_mut().zip(&inputs) {
-                let part = take(input.as_ref(), &indices, None)
-                    .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
-                acc.update_batch(&[part])
-                    .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
-            }
-            group.dirty = true;
-            touched_late |= group.on_time_fired;
-            for a in &batch.acks {
-                if !group.acks.iter().any(|b| Arc::ptr_eq(a, b)) {
-                    group.acks.push(a.clone());
-                }
-            }
-            self.bytes.update(&gk, group);
-        }
-        if touched_late && self.windowing.late_panes {
-            self.fire(out, |_, g| {
-                (g.dirty && g.on_time_fired).then_some(PaneTiming::Late)
-            })?;
-        }
-        self.publish();
-        Ok(())
+        result
     }
 
     async fn on_watermark(
@@ -662,6 +540,7 @@ impl Operator for Combine {
         watermark: EventTime,
         out: &mut Output,
     ) -> Result<(), EngineError> {
+        self.restore_once(out).await?;
         self.watermark = self.watermark.max(watermark);
         let wm = self.watermark;
         let accumulating = self.windowing.accumulating;
@@ -692,10 +571,22 @@ impl Operator for Combine {
     }
 
     async fn on_end(&mut self, out: &mut Output) -> Result<(), EngineError> {
-        self.on_watermark(END_OF_TIME, out).await
+        if self.durable.is_some() && self.watermark < END_OF_TIME {
+            // A streaming run stopped (a drain, `--until-idle`), its input did not end: the
+            // open windows stay in the store and the next run goes on with them.
+            self.restore_once(out).await?;
+            return self.checkpoint().await;
+        }
+        self.on_watermark(END_OF_TIME, out).await?;
+        self.checkpoint().await
     }
 
-    async fn on_drain_keep(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+    async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        if self.durable.is_some() {
+            // The open windows stay in the store; the next worker restores them.
+            self.restore_once(out).await?;
+            return self.checkpoint().await;
+        }
         // Open windows are not fired: their input is nacked and the next worker reads it again.
         let open = self.state.len()
             + self
@@ -717,14 +608,52 @@ impl Operator for Combine {
     }
 
     fn timer_interval(&self) -> Option<Duration> {
-        self.windowing.early_every
+        let checkpoints = self.durable.as_ref().map(durable::Durable::interval);
+        match (self.windowing.early_every, checkpoints) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     async fn on_timer(
         &mut self,
-        _now: tokio::time::Instant,
+        now: tokio::time::Instant,
         out: &mut Output,
     ) -> Result<(), EngineError> {
+        self.restore_once(out).await?;
+        // The timer ticks at the shorter of the two periods; with both, each keeps its own.
+        let checkpoints = self.durable.as_ref().map(durable::Durable::interval);
+        let both = checkpoints.is_some() && self.windowing.early_every.is_some();
+        if let Some(every) = checkpoints
+            && (!both || due(&mut self.next_checkpoint, now, every))
+        {
+            self.checkpoint().await?;
+        }
+        match self.windowing.early_every {
+            Some(every) if !both || due(&mut self.next_early, now, every) => self.fire_early(out),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether a periodic action scheduled at `next` is due at `now`; schedules the next one.
+fn due(
+    next: &mut Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    every: Duration,
+) -> bool {
+    match next {
+        Some(t) if now < *t => false,
+        _ => {
+            *next = Some(now + every);
+            true
+        }
+    }
+}
+
+impl Combine {
+    /// EARLY panes of every window with data since its last pane.
+    fn fire_early(&mut self, out: &mut Output) -> Result<(), EngineError> {
         let wm = self.watermark;
         self.fire(out, |k, g| {
             (g.dirty && !g.on_time_fired && k.0 > wm).then_some(PaneTiming::Early)

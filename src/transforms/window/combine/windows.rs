@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int8Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, AsArray, Int8Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
 use arrow::compute::take;
 use arrow::row::Rows;
 
@@ -242,6 +244,74 @@ impl WindowState {
         Ok(Some(batch))
     }
 
+    /// The window's state as record batches for a checkpoint: first the groups (key columns,
+    /// `pane_index`, `dirty`), then one batch per aggregation ([`GroupAcc::snapshot`]).
+    ///
+    /// # Errors
+    /// An accumulator failed to export its state (an internal error).
+    pub fn snapshot(&mut self, layout: &Layout) -> Result<Vec<RecordBatch>, String> {
+        let total = self.groups();
+        let mut columns = layout
+            .converter
+            .convert_rows((0..total).map(|g| self.keys.row(g)))
+            .map_err(|e| e.to_string())?;
+        columns.push(Arc::new(Int64Array::from(self.pane_index.clone())));
+        columns.push(Arc::new(arrow::array::BooleanArray::from(
+            self.dirty.clone(),
+        )));
+        let mut batches = vec![snapshot_batch(columns, total)?];
+        for (acc, spec) in self.accs.iter_mut().zip(&layout.specs) {
+            let cols = acc.snapshot(spec, total)?;
+            let rows = cols.first().map_or(0, |c| c.len());
+            batches.push(snapshot_batch(cols, rows)?);
+        }
+        Ok(batches)
+    }
+
+    /// Rebuilds a window from its [`WindowState::snapshot`].
+    ///
+    /// # Errors
+    /// The batches do not fit `layout` (a checkpoint of another pipeline version).
+    pub fn restore(
+        window: Window,
+        layout: &Layout,
+        on_time_fired: bool,
+        batches: &[RecordBatch],
+    ) -> Result<WindowState, String> {
+        let mut w = WindowState::new(window, layout, on_time_fired)?;
+        let (groups, accs) = batches.split_first().ok_or("an empty window checkpoint")?;
+        let nkeys = layout.key_fields.len();
+        if groups.num_columns() != nkeys + 2 || accs.len() != w.accs.len() {
+            return Err("the window checkpoint does not match the Combine's fields".into());
+        }
+        let total = groups.num_rows();
+        let keys = layout
+            .converter
+            .convert_columns(&groups.columns()[..nkeys])
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<u32> = (0..total as u32).collect();
+        let mut indices = Vec::new();
+        w.group_indices(&keys, &hash_rows(&keys), &rows, &mut indices);
+        if w.groups() != total {
+            return Err("the window checkpoint repeats a key".into());
+        }
+        let panes = groups
+            .column(nkeys)
+            .as_primitive_opt::<arrow::datatypes::Int64Type>();
+        let dirty = groups.column(nkeys + 1).as_boolean_opt();
+        let (Some(panes), Some(dirty)) = (panes, dirty) else {
+            return Err("the window checkpoint's pane columns have the wrong types".into());
+        };
+        w.pane_index = panes.values().to_vec();
+        w.dirty = dirty.iter().map(|d| d.unwrap_or(false)).collect();
+        w.dirty_count = w.dirty.iter().filter(|&&d| d).count();
+        for (acc, batch) in w.accs.iter_mut().zip(accs) {
+            acc.restore(batch.columns(), total)?;
+        }
+        w.recount();
+        Ok(w)
+    }
+
     /// Gives up the acknowledgement holds (drain keep: redelivered later).
     pub fn abandon(&self) {
         crate::record::abandon(&self.acks);
@@ -265,6 +335,21 @@ impl WindowState {
 pub type Windows = std::collections::BTreeMap<(EventTime, EventTime), WindowState>;
 
 /// xxh3 of every key row.
+/// A batch of anonymous columns `c0, c1, …` with `rows` rows (also when there are none).
+pub fn snapshot_batch(columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch, String> {
+    let fields: Vec<arrow::datatypes::Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new_with_options(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| e.to_string())
+}
+
 pub fn hash_rows(rows: &Rows) -> Vec<u64> {
     (0..rows.num_rows())
         .map(|i| xxhash_rust::xxh3::xxh3_64(rows.row(i).as_ref()))

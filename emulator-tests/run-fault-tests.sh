@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the fault harness (emulator-tests/faults_emulator.rs): workers with durable state are
+# SIGKILLed at random points and restarted against Google's Pub/Sub emulator, the machine's
+# Postgres (sink and state store) and Redis; the final totals must be exact. Starts the emulator
+# on a free port and the stores if they are not running; stops the emulator (also on failure).
+#
+#   bash emulator-tests/run-fault-tests.sh [extra cargo test args...]
+#   SLUICE_FAULT_SEED=N bash emulator-tests/run-fault-tests.sh   # replay a kill schedule
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+EMU_NAME=fault-tests
+export SLUICE_EMU_DIR="${SLUICE_EMU_DIR:-/tmp/sluice-emulators-fault-tests-$$}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+cleanup() {
+	local rc=$?
+	bash "$HERE/pubsub-emulator.sh" stop || true
+	if [ "$rc" -eq 0 ]; then
+		case "$SLUICE_EMU_DIR" in /tmp/sluice-emulators-fault-tests-*) rm -rf "$SLUICE_EMU_DIR" ;; esac
+	else
+		log "emulator log kept in $SLUICE_EMU_DIR/pubsub.log"
+	fi
+}
+trap cleanup EXIT
+
+bash "$HERE/run-stores-tests.sh" start
+env_lines="$(bash "$HERE/pubsub-emulator.sh" start)"
+eval "$env_lines"
+export PUBSUB_EMULATOR_HOST
+export SLUICE_REQUIRE_EMULATORS=1
+log "emulator at $PUBSUB_EMULATOR_HOST"
+
+cd "$HERE/.."
+# One test at a time: each runs and kills many workers, and the kill points are what is tested.
+cargo test --test faults_emulator "$@" -- --test-threads=1 --nocapture
