@@ -19,7 +19,7 @@ use crate::config::components::WatermarkSpec;
 use crate::expr;
 use crate::pipeline::operator::{EngineError, ErrorRoute, EventTime, Operator, Output};
 use crate::record::{Batch, meta, rows};
-use crate::time::BoundedOutOfOrderness;
+use crate::time::{BoundedOutOfOrderness, rfc3339};
 use crate::transforms::CompiledFor;
 
 pub struct AssignTimestamps {
@@ -51,14 +51,18 @@ pub fn to_millis(values: &ArrayRef) -> (Int64Array, Vec<(usize, String)>) {
             .map_err(|e| e.to_string())
             .and_then(|a| downcast_i64(&a)),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            // Vectorised RFC 3339 parsing; unparseable values become null and are reported.
-            cast(
-                values,
-                &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            )
-            .and_then(|a| cast(&a, &DataType::Int64))
-            .map_err(|e| e.to_string())
-            .and_then(|a| downcast_i64(&a))
+            match rfc3339::column_millis(values) {
+                // Every value has the canonical UTC form (time/rfc3339.rs); nulls stay null.
+                Some(ms) => Ok(ms),
+                // Arrow's RFC 3339 parsing; unparseable values become null and are reported.
+                None => cast(
+                    values,
+                    &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                )
+                .and_then(|a| cast(&a, &DataType::Int64))
+                .map_err(|e| e.to_string())
+                .and_then(|a| downcast_i64(&a)),
+            }
         }
         t if t.is_numeric() => match cast(values, &DataType::Float64) {
             Ok(f) => {

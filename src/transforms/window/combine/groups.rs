@@ -286,11 +286,53 @@ impl DistinctKind {
     }
 }
 
+/// The (group, value id) pairs of a [`DistinctCounts`]. Interned string ids fit in 32 bits, so
+/// a string pair packs into one `u64` (8 bytes a pair instead of 16: half the memory and the
+/// rehashing of the largest table in the standard workload).
+enum Seen {
+    Packed(HashSet<u64, MixBuild>),
+    Wide(HashSet<(u32, u64), MixBuild>),
+}
+
+impl Seen {
+    fn new(kind: DistinctKind) -> Seen {
+        match kind {
+            DistinctKind::Str => Seen::Packed(HashSet::default()),
+            DistinctKind::Int => Seen::Wide(HashSet::default()),
+        }
+    }
+
+    /// Whether the pair is new. `id` is below 2^32 for `Packed` (an interned id).
+    fn insert(&mut self, group: u32, id: u64) -> bool {
+        match self {
+            Seen::Packed(s) => s.insert(u64::from(group) << 32 | (id & 0xffff_ffff)),
+            Seen::Wide(s) => s.insert((group, id)),
+        }
+    }
+
+    fn pairs(&self) -> Vec<(u32, u64)> {
+        match self {
+            Seen::Packed(s) => s
+                .iter()
+                .map(|&p| ((p >> 32) as u32, p & 0xffff_ffff))
+                .collect(),
+            Seen::Wide(s) => s.iter().copied().collect(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Seen::Packed(s) => s.capacity() * (std::mem::size_of::<u64>() + 1),
+            Seen::Wide(s) => s.capacity() * (std::mem::size_of::<(u32, u64)>() + 1),
+        }
+    }
+}
+
 /// Exact `count_distinct` per group (nulls not counted, as DataFusion's and SQL's).
 pub struct DistinctCounts {
     kind: DistinctKind,
     /// (group, value id) pairs seen; the value id is the integer itself or the interned id.
-    seen: HashSet<(u32, u64), MixBuild>,
+    seen: Seen,
     counts: Vec<i64>,
     /// Distinct strings of this window → id (insertion order).
     strings: ArrowBytesMap<i32, u32>,
@@ -303,7 +345,7 @@ impl DistinctCounts {
     pub fn new(kind: DistinctKind) -> DistinctCounts {
         DistinctCounts {
             kind,
-            seen: HashSet::default(),
+            seen: Seen::new(kind),
             counts: Vec::new(),
             strings: ArrowBytesMap::new(OutputType::Utf8),
             next_id: 0,
@@ -358,7 +400,7 @@ impl DistinctCounts {
             if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
                 continue;
             }
-            if self.seen.insert((g as u32, id)) {
+            if self.seen.insert(g as u32, id) {
                 self.counts[g] += 1;
             }
         }
@@ -367,7 +409,7 @@ impl DistinctCounts {
 
     /// (group, value) pairs seen, as a UInt32 and an Int64 or Utf8 column.
     fn snapshot(&mut self) -> Result<Vec<ArrayRef>, String> {
-        let mut pairs: Vec<(u32, u64)> = self.seen.iter().copied().collect();
+        let mut pairs: Vec<(u32, u64)> = self.seen.pairs();
         pairs.sort_unstable();
         let groups: ArrayRef = Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.0)));
         let values: ArrayRef = match self.kind {
@@ -400,7 +442,7 @@ impl DistinctCounts {
     fn evaluate(&mut self, total: usize, reset: bool) -> ArrayRef {
         let mut counts = if reset {
             let c = std::mem::take(&mut self.counts);
-            self.seen = HashSet::default();
+            self.seen = Seen::new(self.kind);
             self.strings = ArrowBytesMap::new(OutputType::Utf8);
             self.next_id = 0;
             c
@@ -413,7 +455,7 @@ impl DistinctCounts {
 
     fn size(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.seen.capacity() * (std::mem::size_of::<(u32, u64)>() + 1)
+            + self.seen.size()
             + self.counts.capacity() * 8
             + self.strings.size()
             + self.ids.capacity() * 8
