@@ -130,7 +130,10 @@ pipeline:
 }
 
 /// The `ReadFromPubSub` step of the harness pipelines (its `watermark` and
-/// `subscription_settings` follow).
+/// `subscription_settings` follow). Leases are extended 10 s at a time (the minimum), so the
+/// messages a killed worker had pulled come back 10 s after the kill, within the last run's
+/// 25 s of idleness; with the default 60 s, a worker killed right after a pull (and the last
+/// chunk, which no later chunk publishes again) left the last run nothing to read.
 fn read_events(subscription: &str) -> String {
     format!(
         r#"    - type: ReadFromPubSub
@@ -147,6 +150,7 @@ fn read_events(subscription: &str) -> String {
             watch_seconds: {{type: integer}}
         id_attribute: event_id
         timestamp_attribute: event_ms
+        flow_control: {{lease_extension: 10s}}
 "#
     )
 }
@@ -301,12 +305,16 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     assert!(kills >= 10);
     // A last run processes what is left (redeliveries after the 10 s leases lapse) and stops
     // after 25 s without input; the idle watermark fires every window by then.
-    run_to_idle(&conn, &file, "25s").await;
-    assert_totals(
-        &stored(&table).await,
-        &expected(&all),
-        &format!("seed {seed}"),
-    );
+    let last = dir.path().join("run-last.log");
+    let out = sluice(&["run", &file, "--until-idle", "25s"], &conn).await;
+    std::fs::write(&last, &out.stderr).expect("last log");
+    assert!(out.status.success(), "{}", show(&out));
+    let got = stored(&table).await;
+    let want = expected(&all);
+    if got != want {
+        eprintln!("worker logs kept in {}", dir.keep().display());
+    }
+    assert_totals(&got, &want, &format!("seed {seed}"));
     drop_table(&table).await;
 }
 
