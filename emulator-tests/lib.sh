@@ -175,3 +175,25 @@ wait_http() {
 	done
 	return 1
 }
+
+# stop_emulators_on_exit NAME...: when the calling script exits, stops the emulators NAME
+# (pubsub, bigquery: their NAME-emulator.sh) and, if the script succeeded, removes
+# $SLUICE_EMU_DIR when it is the suite's own (/tmp/sluice-emulators-$EMU_NAME-*); on failure it
+# keeps it, with the emulator logs, and says where.
+stop_emulators_on_exit() {
+	_STOP_EMULATORS=("$@")
+	trap _stop_emulators EXIT
+}
+
+_stop_emulators() {
+	local rc=$? dir e
+	dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+	for e in "${_STOP_EMULATORS[@]}"; do
+		bash "$dir/$e-emulator.sh" stop || true
+	done
+	if [ "$rc" -eq 0 ]; then
+		case "$SLUICE_EMU_DIR" in "/tmp/sluice-emulators-$EMU_NAME-"*) rm -rf "$SLUICE_EMU_DIR" ;; esac
+	else
+		log "emulator logs kept in $SLUICE_EMU_DIR"
+	fi
+}

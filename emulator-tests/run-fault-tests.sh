@@ -15,16 +15,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-cleanup() {
-	local rc=$?
-	bash "$HERE/pubsub-emulator.sh" stop || true
-	if [ "$rc" -eq 0 ]; then
-		case "$SLUICE_EMU_DIR" in /tmp/sluice-emulators-fault-tests-*) rm -rf "$SLUICE_EMU_DIR" ;; esac
-	else
-		log "emulator log kept in $SLUICE_EMU_DIR/pubsub.log"
-	fi
-}
-trap cleanup EXIT
+stop_emulators_on_exit pubsub
 
 bash "$HERE/run-stores-tests.sh" start
 env_lines="$(bash "$HERE/pubsub-emulator.sh" start)"

@@ -17,17 +17,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-cleanup() {
-	local rc=$?
-	bash "$HERE/pubsub-emulator.sh" stop || true
-	bash "$HERE/bigquery-emulator.sh" stop || true
-	if [ "$rc" -eq 0 ]; then
-		case "$SLUICE_EMU_DIR" in /tmp/sluice-emulators-loop-tests-*) rm -rf "$SLUICE_EMU_DIR" ;; esac
-	else
-		log "emulator logs kept in $SLUICE_EMU_DIR"
-	fi
-}
-trap cleanup EXIT
+stop_emulators_on_exit pubsub bigquery
 
 eval "$(bash "$HERE/pubsub-emulator.sh" start)"
 eval "$(bash "$HERE/bigquery-emulator.sh" start)"

@@ -17,16 +17,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-cleanup() {
-	local rc=$?
-	bash "$HERE/pubsub-emulator.sh" stop || true
-	if [ "$rc" -eq 0 ]; then
-		case "$SLUICE_EMU_DIR" in /tmp/sluice-emulators-pubsub-tests-*) rm -rf "$SLUICE_EMU_DIR" ;; esac
-	else
-		log "emulator log kept in $SLUICE_EMU_DIR/pubsub.log"
-	fi
-}
-trap cleanup EXIT
+stop_emulators_on_exit pubsub
 
 env_lines="$(bash "$HERE/pubsub-emulator.sh" start)"
 eval "$env_lines"
