@@ -120,15 +120,12 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
-    async fn commit(
+    async fn apply(
         &self,
         namespace: &str,
         puts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
     ) -> Result<(), StateError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
         let prefix = prefix(namespace)?;
         let db = self.db.clone();
         blocking(move || {

@@ -28,15 +28,12 @@ impl StateStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn commit(
+    async fn apply(
         &self,
         namespace: &str,
         puts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
     ) -> Result<(), StateError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
         let mut namespaces = self
             .namespaces
             .lock()

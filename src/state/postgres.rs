@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Pool, PoolError};
 
 use super::store::{StateError, StateStore, redact};
 use crate::sinks::postgres::config::normalize_url;
@@ -84,19 +84,8 @@ impl PostgresStore {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(std::time::Duration::from_secs(10));
         }
-        let tls = crate::sinks::postgres::tls::connector()
-            .map_err(|e| StateError::backend("postgres", "cannot set up TLS", false, e))?;
-        let mgr = Manager::from_config(
-            pg,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| StateError::backend("postgres", "cannot build the pool", false, e))?;
+        let pool = crate::sinks::postgres::tls::pool(pg, POOL_SIZE)
+            .map_err(|e| StateError::backend("postgres", e.to_string(), false, e))?;
         let store = PostgresStore { pool, url };
         store.create_table().await?;
         Ok(store)
@@ -135,15 +124,12 @@ impl StateStore for PostgresStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    async fn commit(
+    async fn apply(
         &self,
         namespace: &str,
         puts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
     ) -> Result<(), StateError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
         // One upsert may not touch a row twice: keep each key's last value.
         let mut seen = HashSet::with_capacity(puts.len());
         let (mut keys, mut values) = (Vec::new(), Vec::new());

@@ -85,15 +85,12 @@ impl StateStore for RedisStore {
         Ok(out)
     }
 
-    async fn commit(
+    async fn apply(
         &self,
         namespace: &str,
         puts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
     ) -> Result<(), StateError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
         let key = hash_key(namespace);
         let mut pipe = redis::pipe();
         pipe.atomic();

@@ -80,6 +80,23 @@ pub trait StateStore: Send + Sync {
         namespace: &str,
         puts: Vec<(String, Vec<u8>)>,
         deletes: Vec<String>,
+    ) -> Result<(), StateError> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        self.apply(namespace, puts, deletes).await
+    }
+
+    /// The backend's part of [`StateStore::commit`], which calls it only with something to
+    /// apply.
+    ///
+    /// # Errors
+    /// As [`StateStore::commit`].
+    async fn apply(
+        &self,
+        namespace: &str,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
     ) -> Result<(), StateError>;
 
     /// For logs and errors, e.g. `embedded /data/state` or `redis redis://…@host:6379/0`:
