@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Pool, PoolError};
 use tokio_postgres::types::ToSql;
 
 use super::config::PostgresConfig;
@@ -136,19 +136,9 @@ impl WriteToPostgres {
             .cfg
             .connection(&Self::application_name(&self.name))
             .map_err(|e| EngineError::config(&self.name, e))?;
-        let tls = super::tls::connector()
-            .map_err(|e| EngineError::external(&self.name, "cannot set up TLS", e))?;
-        let mgr = Manager::from_config(
-            pg,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| EngineError::internal(&self.name, e.to_string()))?;
+        let pool = super::tls::pool(pg, POOL_SIZE).map_err(|e| {
+            EngineError::external(&self.name, "cannot set up the connection pool", e)
+        })?;
         self.pool = Some(pool.clone());
         Ok(pool)
     }

@@ -10,6 +10,37 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+/// Why [`pool`] could not make a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolSetupError {
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot build the pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+}
+
+/// A connection pool of at most `max_size` connections to `pg`, with [`connector`] for TLS and
+/// fast recycling; connections are opened when first needed. The Postgres sink and the
+/// Postgres state backend both make theirs here.
+///
+/// # Errors
+/// TLS could not be set up, or deadpool refused the configuration.
+pub fn pool(
+    pg: tokio_postgres::Config,
+    max_size: usize,
+) -> Result<deadpool_postgres::Pool, PoolSetupError> {
+    let mgr = deadpool_postgres::Manager::from_config(
+        pg,
+        connector()?,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Ok(deadpool_postgres::Pool::builder(mgr)
+        .max_size(max_size)
+        .build()?)
+}
+
 /// The connector every pool uses; with `tls: disable` tokio-postgres never calls it.
 ///
 /// # Errors
