@@ -174,3 +174,34 @@ pipeline:
         "{stderr}"
     );
 }
+
+/// Issue #16: payload event times on a stream without `watermark:` keep Beam's rule (the
+/// source's watermark); `validate` says so with the position and the fix, and stays valid.
+#[test]
+fn validate_warns_when_assign_timestamps_without_watermark_follows_pubsub() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |watermark: &str| {
+        format!(
+            "pipeline:\n  transforms:\n    - type: ReadFromPubSub\n      name: Read\n      config:\n        topic: t\n        format: JSON\n        schema: {{type: object, properties: {{ts: {{type: string}}}}}}\n    - type: AssignTimestamps\n      name: Stamp\n      input: Read\n      config:\n        timestamp: ts\n{watermark}    - type: LogForTesting\n      input: Stamp\n"
+        )
+    };
+    std::fs::write(dir.path().join("bare.yaml"), pipeline("")).unwrap();
+    std::fs::write(
+        dir.path().join("owned.yaml"),
+        pipeline("        watermark: {max_delay: 10s}\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = sluice(&["validate", "bare.yaml"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "bare.yaml: valid\n");
+    assert!(
+        stderr.starts_with("bare.yaml:9:13: warning: `Stamp` sets event times without `watermark:` after the unbounded source `Read`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: add `watermark: {max_delay: 10s}`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = sluice(&["validate", "owned.yaml"], dir.path());
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}

@@ -274,6 +274,7 @@ async fn idle_source_advances_the_watermark_to_the_max_event_time() {
             max_delay: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(30)),
         }),
+        true,
         errors,
     );
     assert_eq!(op.timer_interval(), Some(Duration::from_millis(7_500)));

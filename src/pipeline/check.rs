@@ -395,3 +395,41 @@ fn known_columns(
         _ => None,
     }
 }
+
+/// Warnings that do not make a pipeline invalid: `sluice validate` prints them after `valid`,
+/// `sluice run` logs them.
+pub fn hints(spec: &PipelineSpec, graph: &Graph) -> Vec<crate::config::diag::Diagnostic> {
+    let mut out = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Some(t) = spec.transform(&node.name) else {
+            continue;
+        };
+        if !matches!(
+            t.config,
+            TransformConfig::AssignTimestamps {
+                watermark: None,
+                ..
+            }
+        ) {
+            continue;
+        }
+        let unbounded = graph.upstream_sources(i).into_iter().find_map(|s| {
+            let src = spec.transform(&graph.nodes[s].name)?;
+            (!super::graph::is_bounded_source(&src.config)).then(|| src.name.clone())
+        });
+        if let Some(source) = unbounded {
+            out.push(crate::config::diag::Diagnostic {
+                file: spec.file.clone(),
+                pos: t.pos,
+                message: format!(
+                    "warning: `{}` sets event times without `watermark:` after the unbounded source `{source}`, whose watermark stays in force: event times behind it (a BigQuery export published days later) are late and dropped, as on Beam",
+                    t.name
+                ),
+                hint: Some(
+                    "add `watermark: {max_delay: 10s}` to its config so the watermark follows the assigned times (docs/windowing.md)".into(),
+                ),
+            });
+        }
+    }
+    out
+}

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use crate::config::ExprSpec;
 use crate::config::components::WatermarkSpec;
 use crate::expr;
-use crate::pipeline::operator::{EngineError, ErrorRoute, EventTime, Operator, Output};
+use crate::pipeline::operator::{
+    END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output,
+};
 use crate::record::{Batch, meta, rows};
 use crate::time::{BoundedOutOfOrderness, rfc3339};
 use crate::transforms::CompiledFor;
@@ -28,15 +30,25 @@ pub struct AssignTimestamps {
     /// `None`: the watermark is the input's (bounded pipelines without a `watermark:` key, so
     /// that nothing is late, as on Beam's batch runner).
     generator: Option<BoundedOutOfOrderness>,
+    /// The pipeline declared `watermark:`: the generated watermark replaces the input's.
+    owns: bool,
 }
 
 impl AssignTimestamps {
     /// `watermark`: the generator settings, or `None` to pass the input watermark through.
-    pub fn new(timestamp: ExprSpec, watermark: Option<WatermarkSpec>, errors: ErrorRoute) -> Self {
+    /// `owns`: the settings were declared (`watermark:`), so the generated watermark replaces
+    /// the input's; otherwise (defaults on a stream) it only raises it, Beam's rule.
+    pub fn new(
+        timestamp: ExprSpec,
+        watermark: Option<WatermarkSpec>,
+        owns: bool,
+        errors: ErrorRoute,
+    ) -> Self {
         AssignTimestamps {
             timestamp: CompiledFor::new(vec![timestamp]),
             errors,
             generator: watermark.map(|w| BoundedOutOfOrderness::new(w.max_delay, w.idle_timeout)),
+            owns,
         }
     }
 }
@@ -163,8 +175,15 @@ impl Operator for AssignTimestamps {
         Ok(())
     }
 
+    /// With `watermark:` this transform owns the watermark downstream (Flink's
+    /// `assignTimestampsAndWatermarks`): it is generated from the assigned times alone, and the
+    /// upstream watermark (a Pub/Sub source's publish times, now while the payload says two days
+    /// ago) no longer applies. Only the end of time passes through, so a finished input still
+    /// fires every window.
     fn output_watermark(&self, input_wm: EventTime) -> EventTime {
         match &self.generator {
+            Some(_) if input_wm == END_OF_TIME => END_OF_TIME,
+            Some(g) if self.owns => g.current(),
             Some(g) => input_wm.max(g.current()),
             None => input_wm,
         }
@@ -212,5 +231,51 @@ mod tests {
         assert_eq!(ms.values(), &[1_767_225_659_999, 1_767_225_600_000]);
         let i: ArrayRef = Arc::new(Int64Array::from(vec![1_767_225_660]));
         assert_eq!(to_millis(&i).0.value(0), 1_767_225_660_000);
+    }
+
+    /// Issue #16: event times two days old from the payload of a stream published now. With
+    /// `watermark:` the source's watermark (publish time, now) no longer applies downstream.
+    #[tokio::test]
+    async fn with_a_watermark_the_assigned_times_own_it() {
+        let spec = |watermark: Option<WatermarkSpec>| {
+            let owns = watermark.is_some();
+            AssignTimestamps::new(
+                ExprSpec {
+                    kind: crate::config::exprs::ExprKind::Field("ts".into()),
+                    pos: Default::default(),
+                },
+                watermark,
+                owns,
+                ErrorRoute::new("Stamp", None, Arc::default()),
+            )
+        };
+        let now = 1_767_225_600_000;
+        let two_days_ago = now - 2 * 86_400_000;
+        let rows = arrow::array::RecordBatch::try_from_iter([(
+            "ts",
+            Arc::new(Int64Array::from(vec![two_days_ago / 1000 + 30])) as ArrayRef,
+        )])
+        .unwrap();
+        let mut owned = spec(Some(WatermarkSpec {
+            max_delay: Duration::from_secs(10),
+            idle_timeout: None,
+        }));
+        let mut out = Output::new(1);
+        owned
+            .process(0, Batch::new(rows.clone()), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(owned.output_watermark(now), two_days_ago + 20_000);
+        assert_eq!(owned.output_watermark(END_OF_TIME), END_OF_TIME);
+        let mut passing = spec(None);
+        passing
+            .process(0, Batch::new(rows), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            passing.output_watermark(now),
+            now,
+            "Beam's rule without `watermark:`"
+        );
     }
 }

@@ -34,8 +34,10 @@ pub fn build(
             timestamp,
             watermark,
         } => {
-            // Without a `watermark:` key, bounded pipelines keep the input watermark (nothing is
-            // late, as on Beam's batch runner); streaming ones generate one with the defaults.
+            // A declared `watermark:` owns the watermark downstream. Without the key, bounded
+            // pipelines keep the input watermark (nothing is late, as on Beam's batch runner);
+            // streaming ones generate one with the defaults that only raises the input's.
+            let owns = watermark.is_some();
             let watermark = watermark.or_else(|| {
                 is_streaming(spec, graph).then_some(crate::config::components::WatermarkSpec {
                     max_delay: crate::time::watermark::DEFAULT_MAX_DELAY,
@@ -45,6 +47,7 @@ pub fn build(
             Box::new(assign_timestamps::AssignTimestamps::new(
                 timestamp.clone(),
                 watermark,
+                owns,
                 errors,
             ))
         }
