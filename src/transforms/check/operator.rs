@@ -48,6 +48,18 @@ struct Unit {
     timing: Option<i8>,
     /// Evaluated already (a failed unit waiting for its valve, or one that passed).
     checked: bool,
+    /// The input watermark before this unit was queued: the most a held unit without a window
+    /// lets the output watermark advance to.
+    queued_at: EventTime,
+}
+
+impl Unit {
+    /// How far the output watermark may advance while this unit is held: the start of its
+    /// window (everything before it may flow on and close downstream), or for a plain batch
+    /// the watermark it was queued under.
+    fn hold(&self) -> EventTime {
+        self.window.map_or(self.queued_at, |w| w.start.min(w.end))
+    }
 }
 
 pub struct Check {
@@ -156,6 +168,7 @@ impl Check {
                     window: (!window.is_global()).then_some(window),
                     timing: Some(timing),
                     checked: false,
+                    queued_at: self.input_wm,
                 });
             }
             return Ok(());
@@ -174,6 +187,7 @@ impl Check {
                 window: None,
                 timing: None,
                 checked: false,
+                queued_at: self.input_wm,
             });
             return Ok(());
         };
@@ -195,6 +209,7 @@ impl Check {
                     window: Some(window),
                     timing: Some(LATE),
                     checked: false,
+                    queued_at: self.input_wm,
                 });
             } else {
                 self.pending.entry(window).or_default().push(part);
@@ -222,19 +237,20 @@ impl Check {
                 window: Some(w),
                 timing: Some(ON_TIME),
                 checked: false,
+                queued_at: w.start,
             });
         }
         Ok(())
     }
 
-    /// Ends the current `every` interval: what arrived in it becomes one unit. Returns the
-    /// watermark the interval held the output at.
-    fn close_interval(&mut self) -> Result<Option<EventTime>, EngineError> {
+    /// Ends the current `every` interval: what arrived in it becomes one unit, held (if it
+    /// fails) at the watermark the interval started under.
+    fn close_interval(&mut self) -> Result<(), EngineError> {
         self.interval_started = None;
         let hold = self.interval_hold.take();
         let parts = std::mem::take(&mut self.interval);
         let Some(first) = parts.first() else {
-            return Ok(hold);
+            return Ok(());
         };
         let rows = concat_batches(&first.schema(), parts.iter().map(|b| &b.rows))
             .map_err(|e| self.internal(e))?;
@@ -244,8 +260,9 @@ impl Check {
             window: None,
             timing: None,
             checked: false,
+            queued_at: hold.unwrap_or(self.input_wm),
         });
-        Ok(hold)
+        Ok(())
     }
 
     fn evaluate(&mut self, i: usize) -> Vec<Finding> {
@@ -293,7 +310,7 @@ impl Check {
     }
 
     /// Evaluates and releases queued units as far as the valve allows.
-    fn pump(&mut self, out: &mut Output, wm_before: EventTime) {
+    fn pump(&mut self, out: &mut Output) {
         loop {
             let state = self.valve();
             let next = match &state {
@@ -326,11 +343,10 @@ impl Check {
                 break;
             }
         }
-        if self.queue.is_empty() {
-            self.hold = None;
-        } else if self.hold.is_none() {
-            self.hold = Some(wm_before);
-        }
+        // What passed flowed on; the output watermark may advance up to the first thing held
+        // (the start of the first held window), even when several units were judged in this
+        // step, so downstream windows over the released units close.
+        self.hold = self.queue.iter().map(Unit::hold).min();
     }
 
     /// A unit failed: count, log, alert, and close the valve when halting.
@@ -418,23 +434,21 @@ impl Operator for Check {
         out: &mut Output,
     ) -> Result<(), EngineError> {
         self.split(batch)?;
-        self.pump(out, self.input_wm);
+        self.pump(out);
         Ok(())
     }
 
     async fn on_watermark(&mut self, wm: EventTime, out: &mut Output) -> Result<(), EngineError> {
-        let before = self.input_wm;
         self.input_wm = wm;
         self.close_windows(wm)?;
-        self.pump(out, before);
+        self.pump(out);
         Ok(())
     }
 
     async fn on_end(&mut self, out: &mut Output) -> Result<(), EngineError> {
-        let before = self.input_wm;
         self.close_windows(EventTime::MAX)?;
         self.close_interval()?;
-        self.pump(out, before);
+        self.pump(out);
         if self.queue.is_empty() {
             return Ok(());
         }
@@ -497,8 +511,8 @@ impl Operator for Check {
         if let (Some(every), Some(started)) = (self.cfg.every, self.interval_started)
             && now.duration_since(started) >= every
         {
-            let hold = self.close_interval()?;
-            self.pump(out, hold.unwrap_or(self.input_wm));
+            self.close_interval()?;
+            self.pump(out);
         }
         let Some(closed_at) = self.closed_at else {
             return Ok(());
@@ -515,7 +529,7 @@ impl Operator for Check {
             }
             ValveState::Probing { .. } => {}
         }
-        self.pump(out, self.input_wm);
+        self.pump(out);
         Ok(())
     }
 }

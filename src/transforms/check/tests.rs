@@ -325,3 +325,44 @@ async fn with_every_unwindowed_batches_are_checked_per_interval() {
     assert_eq!(valves.state("Volume"), Some(ValveState::Open));
     assert_eq!(check.output_watermark(50), 50);
 }
+
+/// Issue #16: minutes of 600, 580, 60 and 300 events judged in one watermark step. The first two
+/// flow on, and the output watermark reaches the start of the held minute, so the windows over
+/// the released minutes close downstream while the valve is closed.
+#[tokio::test]
+async fn units_judged_in_one_watermark_step_release_what_passed_and_its_watermark() {
+    let mut h = Harness::new(volume_check(OnFailure::Halt, None));
+    let minutes: Vec<i64> = [600usize, 580, 60, 300]
+        .iter()
+        .enumerate()
+        .flat_map(|(m, &n)| (0..n as i64).map(move |i| m as i64 * MIN + i * 50))
+        .collect();
+    let rows = Batch::new(
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                meta::EVENT_TIME,
+                DataType::Int64,
+                true,
+            )])),
+            vec![Arc::new(Int64Array::from(minutes))],
+        )
+        .unwrap(),
+    );
+    h.check.process(0, rows, &mut h.out).await.unwrap();
+    assert_eq!(h.check.output_watermark(i64::MIN + 1), i64::MIN + 1);
+    h.check.on_watermark(4 * MIN, &mut h.out).await.unwrap();
+    assert_eq!(h.emitted(), vec![600, 580]);
+    assert!(matches!(h.state(), ValveState::Closed { .. }));
+    assert_eq!(
+        h.check.output_watermark(4 * MIN),
+        2 * MIN,
+        "up to the start of the held minute"
+    );
+    h.valves.open("Volume").expect("open");
+    h.check
+        .on_timer(tokio::time::Instant::now(), &mut h.out)
+        .await
+        .expect("tick");
+    assert_eq!(h.emitted(), vec![60, 300]);
+    assert_eq!(h.check.output_watermark(4 * MIN), 4 * MIN);
+}
