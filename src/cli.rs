@@ -98,7 +98,12 @@ pub async fn main(cli: Cli) -> u8 {
             let mut code = EXIT_OK;
             for p in &pipelines {
                 match load(p, &vars) {
-                    Ok(_) => println!("{}: valid", p.display()),
+                    Ok((spec, graph)) => {
+                        println!("{}: valid", p.display());
+                        for h in pipeline::check::hints(&spec, &graph) {
+                            eprintln!("{h}");
+                        }
+                    }
                     Err(d) => {
                         eprintln!("{d}");
                         code = EXIT_INVALID;
@@ -200,6 +205,9 @@ pub async fn run(
     until_idle: Option<Duration>,
     http: Option<&str>,
 ) -> Result<RunReport, pipeline::EngineError> {
+    for h in pipeline::check::hints(spec, graph) {
+        tracing::warn!(file = %h.file, line = h.pos.line, column = h.pos.col, hint = h.hint.as_deref().unwrap_or_default(), "{}", h.message);
+    }
     // The bound `--http` address replaces this default once known (port 0, 0.0.0.0).
     let status_url = std::env::var("SLUICE_STATUS_URL").ok();
     let state = match spec.options.state.backend {
@@ -261,6 +269,24 @@ pub async fn run(
         on_signal.running.store(false, Ordering::Relaxed);
         let _ = tx.send(true);
     });
+    // Replicas sharing the state store: one is active, the others stand by (docs/scaling.md).
+    let lease = services
+        .state
+        .as_ref()
+        .map(|store| crate::state::lease::Lease::new(store.clone(), &spec.name));
+    if let Some(lease) = &lease
+        && !lease.acquire(&status.standby, &mut stop.clone()).await
+    {
+        tracing::info!("Stopped while standing by");
+        return Ok(RunReport {
+            stats: graph
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .zip(built.stats)
+                .collect(),
+        });
+    }
     status.running.store(true, Ordering::Relaxed);
     let control = RunControl::new(stop)
         .with_failed(services.failed.clone())
@@ -275,7 +301,26 @@ pub async fn run(
                     .unwrap_or(config::spec::DEFAULT_DRAIN_TIMEOUT),
             ),
         );
-    let result = runner::run(graph, built.stages, built.stats, control).await;
+    let failed = services.failed.clone();
+    let run = runner::run(graph, built.stages, built.stats, control);
+    let result = match &lease {
+        None => run.await,
+        Some(lease) => tokio::select! {
+            result = run => result,
+            why = lease.keep() => {
+                // Another replica may be running already: nothing more is acknowledged here.
+                failed.store(true, Ordering::SeqCst);
+                Err(pipeline::EngineError::external(
+                    "options.state",
+                    format!("lost the pipeline's lease ({why}); stopping so that one replica is active"),
+                    std::io::Error::other(why),
+                ))
+            }
+        },
+    };
+    if let Some(lease) = &lease {
+        lease.release().await;
+    }
     status.running.store(false, Ordering::Relaxed);
     if let Some(f) = follower {
         f.close().await;

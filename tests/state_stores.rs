@@ -199,3 +199,44 @@ async fn unreachable_servers_are_retryable() {
     .expect("nothing listens on port 1");
     assert!(err.is_retryable(), "{err}");
 }
+
+/// docs/scaling.md: one replica holds a pipeline's lease; another is told who holds it until
+/// the holder releases it or it lapses.
+async fn leases_admit_one_holder(backend: Backend, path: &str, test: &str) {
+    use std::time::Duration;
+    let store = open(&config(backend, path)).await.unwrap();
+    let name = unique(test);
+    let ttl = Duration::from_millis(1500);
+    assert_eq!(store.lease(&name, "a", ttl).await.unwrap(), None);
+    assert_eq!(store.lease(&name, "a", ttl).await.unwrap(), None, "renewed");
+    assert_eq!(
+        store.lease(&name, "b", ttl).await.unwrap(),
+        Some("a".to_string())
+    );
+    // Only the holder can release it.
+    store.release_lease(&name, "b").await.unwrap();
+    assert_eq!(
+        store.lease(&name, "b", ttl).await.unwrap(),
+        Some("a".to_string())
+    );
+    store.release_lease(&name, "a").await.unwrap();
+    assert_eq!(store.lease(&name, "b", ttl).await.unwrap(), None);
+    // Not renewed: it lapses and another replica takes it.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert_eq!(store.lease(&name, "a", ttl).await.unwrap(), None);
+    assert_eq!(
+        store.lease(&name, "b", ttl).await.unwrap(),
+        Some("a".to_string())
+    );
+    store.release_lease(&name, "a").await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_leases_admit_one_holder() {
+    leases_admit_one_holder(Backend::Redis, REDIS, "redis-lease").await;
+}
+
+#[tokio::test]
+async fn postgres_leases_admit_one_holder() {
+    leases_admit_one_holder(Backend::Postgres, POSTGRES, "pg-lease").await;
+}

@@ -28,6 +28,8 @@ pub struct Status {
     pub running: AtomicBool,
     /// The run's valves (and gates).
     pub valves: Arc<Valves>,
+    /// Why this replica is not active (another holds the pipeline's lease), while it is not.
+    pub standby: crate::state::lease::Standby,
     /// Per entry of `metrics.stages`: the upstream counters whose sum is what was sent to that
     /// stage, for `queued`. `None` for sources and for stages reading a named output of a node
     /// with several (`Partition`), whose records are not counted per output.
@@ -94,6 +96,7 @@ impl Status {
             graph: nodes,
             inflows,
             running: AtomicBool::new(false),
+            standby: Default::default(),
             valves: metrics.valves.clone(),
             metrics,
         })
@@ -101,6 +104,14 @@ impl Status {
 
     /// Ready: running, not stopping, and every valve open.
     pub fn ready(&self) -> Result<(), String> {
+        if let Some(why) = self
+            .standby
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(why);
+        }
         if !self.running.load(Relaxed) {
             return Err("not running".into());
         }

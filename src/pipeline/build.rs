@@ -237,16 +237,21 @@ pub fn build(
                     errors,
                 }))
             }
-            TransformConfig::ReadFromPubSub(c) => {
-                Stage::Source(Box::new(crate::pubsub::ReadFromPubSub::new(
+            TransformConfig::ReadFromPubSub(c) => Stage::Source(Box::new(
+                crate::pubsub::ReadFromPubSub::new(
                     name,
                     c,
                     batch_size,
                     errors,
                     ports,
                     st.acks().clone(),
-                )))
-            }
+                )
+                .with_dedupe(
+                    &spec.name,
+                    spec.options.state.dedupe_horizon,
+                    services.state.clone(),
+                ),
+            )),
             TransformConfig::WriteToPubSub(c) => Stage::Operator(Box::new(
                 crate::pubsub::WriteToPubSub::new(name, &spec.name, c, errors, st.sink().clone()),
             )),

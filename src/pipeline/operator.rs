@@ -193,6 +193,13 @@ pub trait SourceSink: Send {
     async fn stopped(&mut self) -> Result<(), EngineError> {
         self.watermark(END_OF_TIME).await
     }
+    /// Starts (`true`) or ends a watermark hold, in-band: until it ends, stages downstream
+    /// apply and forward no watermark, including one `AssignTimestamps` generates. A restarted
+    /// Pub/Sub source holds until the messages it had pulled before the restart came back, so
+    /// that newer messages cannot push the watermark past them (docs/guarantees.md).
+    async fn hold(&mut self, _held: bool) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// True once a stop was requested (SIGINT/SIGTERM): read no more and return.
     fn stopping(&self) -> bool;
     /// True while a valve (or gate) this source feeds is closed: `emit` would wait. A paused

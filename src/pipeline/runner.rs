@@ -29,6 +29,9 @@ pub const INBOX_CAPACITY: usize = 4;
 enum Msg {
     Batch(Batch),
     Watermark(EventTime),
+    /// A watermark hold starts (`true`) or ends: while any input is held, a stage applies no
+    /// watermark and forwards none (see [`SourceSink::hold`]).
+    Hold(bool),
     End,
 }
 
@@ -404,9 +407,10 @@ impl SourceSink for SourceOut {
     }
 
     async fn stopped(&mut self) -> Result<(), EngineError> {
-        // With durable state the open windows are checkpointed, not fired: the next run (a
-        // restarted or updated worker) goes on with them.
-        if self.control.durable_state {
+        // A stop (SIGTERM) with durable state checkpoints the open windows instead of firing
+        // them: the next run (a restarted or updated worker) goes on with them. `--until-idle`
+        // is Dataflow's drain: the input is finished, so every window fires and is written.
+        if self.control.durable_state && self.stopping() {
             return Ok(());
         }
         self.watermark(crate::pipeline::END_OF_TIME).await
@@ -424,6 +428,11 @@ impl SourceSink for SourceOut {
                 .store(wm, std::sync::atomic::Ordering::Relaxed);
             self.fanout.broadcast(|| Msg::Watermark(wm)).await;
         }
+        Ok(())
+    }
+
+    async fn hold(&mut self, held: bool) -> Result<(), EngineError> {
+        self.fanout.broadcast(|| Msg::Hold(held)).await;
         Ok(())
     }
 
@@ -489,6 +498,7 @@ async fn run_operator(
     let failed = &control.failed;
     let mut out = Output::new(ports);
     let mut input_wm = vec![EventTime::MIN; inputs];
+    let mut input_held = vec![false; inputs];
     let mut current = EventTime::MIN;
     let mut forwarded = EventTime::MIN;
     let mut ended = 0;
@@ -506,8 +516,10 @@ async fn run_operator(
             now = tick(&mut ticker) => {
                 op.on_timer(now, &mut out).await?;
                 fanout.flush(&mut out, &stats).await;
-                let next = op.output_watermark(current);
-                forward_watermark(next, &mut forwarded, &fanout, &stats).await;
+                if !input_held.contains(&true) {
+                    let next = op.output_watermark(current);
+                    forward_watermark(next, &mut forwarded, &fanout, &stats).await;
+                }
                 continue;
             }
         };
@@ -536,18 +548,49 @@ async fn run_operator(
                 drop(held);
                 res?;
                 fanout.flush(&mut out, &stats).await;
-                let next = op.output_watermark(current);
-                forward_watermark(next, &mut forwarded, &fanout, &stats).await;
+                if !input_held.contains(&true) {
+                    let next = op.output_watermark(current);
+                    forward_watermark(next, &mut forwarded, &fanout, &stats).await;
+                }
             }
             Msg::Watermark(wm) => {
                 input_wm[env.input] = input_wm[env.input].max(wm);
-                let min = input_wm.iter().copied().min().unwrap_or(wm);
-                if min > current {
-                    current = min;
-                    op.on_watermark(min, &mut out).await?;
+                if !input_held.contains(&true) {
+                    advance(
+                        op,
+                        &input_wm,
+                        &mut current,
+                        &mut forwarded,
+                        &mut out,
+                        &fanout,
+                        &stats,
+                    )
+                    .await?;
+                }
+            }
+            Msg::Hold(held) => {
+                let was = input_held.contains(&true);
+                input_held[env.input] = held;
+                let now_held = input_held.contains(&true);
+                if now_held != was {
                     fanout.flush(&mut out, &stats).await;
-                    let next = op.output_watermark(current);
-                    forward_watermark(next, &mut forwarded, &fanout, &stats).await;
+                    fanout.broadcast(|| Msg::Hold(now_held)).await;
+                    if !now_held {
+                        // Released: what arrived meanwhile is in-band ahead of this point, so
+                        // the watermark may now pass it.
+                        advance(
+                            op,
+                            &input_wm,
+                            &mut current,
+                            &mut forwarded,
+                            &mut out,
+                            &fanout,
+                            &stats,
+                        )
+                        .await?;
+                        let next = op.output_watermark(current);
+                        forward_watermark(next, &mut forwarded, &fanout, &stats).await;
+                    }
                 }
             }
             Msg::End => {
@@ -568,6 +611,30 @@ async fn run_operator(
     }
     fanout.flush(&mut out, &stats).await;
     fanout.broadcast(|| Msg::End).await;
+    Ok(())
+}
+
+/// Applies the minimum input watermark when it advanced: the operator's `on_watermark`, its
+/// output, and the watermark it forwards.
+async fn advance(
+    op: &mut Box<dyn Operator>,
+    input_wm: &[EventTime],
+    current: &mut EventTime,
+    forwarded: &mut EventTime,
+    out: &mut Output,
+    fanout: &Fanout,
+    stats: &StageStats,
+) -> Result<(), EngineError> {
+    let Some(min) = input_wm.iter().copied().min() else {
+        return Ok(());
+    };
+    if min > *current {
+        *current = min;
+        op.on_watermark(min, out).await?;
+        fanout.flush(out, stats).await;
+        let next = op.output_watermark(*current);
+        forward_watermark(next, forwarded, fanout, stats).await;
+    }
     Ok(())
 }
 

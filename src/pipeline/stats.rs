@@ -105,6 +105,8 @@ pub struct AckStats {
     received: AtomicU64,
     acked: AtomicU64,
     nacked: AtomicU64,
+    /// Messages dropped at the source as copies of one seen within the dedupe horizon.
+    duplicates: AtomicU64,
     unacked: Mutex<Unacked>,
 }
 
@@ -132,6 +134,23 @@ impl AckStats {
         let counter = if acked { &self.acked } else { &self.nacked };
         counter.fetch_add(n as u64, Relaxed);
         self.lock().release(key);
+    }
+
+    /// A message was dropped as a duplicate. `settled`: acknowledged (`Some(true)`) or nacked
+    /// at once; `None` when it joined its original's hold (counted when that is released).
+    pub fn duplicate(&self, settled: Option<bool>) {
+        self.received.fetch_add(1, Relaxed);
+        self.duplicates.fetch_add(1, Relaxed);
+        match settled {
+            Some(true) => self.acked.fetch_add(1, Relaxed),
+            Some(false) => self.nacked.fetch_add(1, Relaxed),
+            None => 0,
+        };
+    }
+
+    /// Messages dropped at the source as duplicates so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Relaxed)
     }
 
     /// `n` messages were pulled but nacked before they formed a batch (the run stopped).

@@ -40,6 +40,9 @@ pub struct MessageAcks {
     stats: Arc<AckStats>,
     /// The batch's key in `stats` (its receive time).
     received: EventTime,
+    /// The message ids (ledger keys) of the batch and where to report their release, for the
+    /// source's durable ledger (`pubsub::ledger`).
+    ids: Option<(Vec<u128>, super::ledger::Released)>,
 }
 
 impl crate::record::Hold for MessageAcks {
@@ -63,7 +66,36 @@ impl MessageAcks {
             abandoned: AtomicBool::new(false),
             stats,
             received,
+            ids: None,
         }
+    }
+
+    /// Reports the batch's message `ids` to `released` when the hold is released.
+    pub fn with_ids(mut self, ids: Vec<u128>, released: super::ledger::Released) -> Self {
+        self.ids = Some((ids, released));
+        self
+    }
+
+    /// Adds the handler of a duplicate copy of a held message: it is acknowledged (or nacked)
+    /// with this batch. Gives the handler back when the hold was already released.
+    pub fn adopt(&self, handler: Box<dyn Ackable>) -> Result<(), Box<dyn Ackable>> {
+        match self.handlers.lock() {
+            Ok(mut h) => {
+                h.push(handler);
+                Ok(())
+            }
+            Err(_) => Err(handler),
+        }
+    }
+
+    /// Whether released holds of this run nack (the run failed).
+    pub fn failing(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    pub fn for_test() -> Self {
+        MessageAcks::new(Vec::new(), Arc::default(), Arc::default(), 0)
     }
 }
 
@@ -74,7 +106,14 @@ impl Drop for MessageAcks {
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
         let n = handlers.len();
-        if self.failed.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) {
+        let acked = !(self.failed.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst));
+        if let Some((ids, released)) = self.ids.take() {
+            released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ids.into_iter().map(|id| (id, acked)));
+        }
+        if !acked {
             tracing::debug!(
                 messages = n,
                 "Run failed or output kept unwritten: nacking held messages"

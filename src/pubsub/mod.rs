@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod ledger;
 pub mod setup;
 pub mod shard;
 pub mod sink;

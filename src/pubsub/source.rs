@@ -19,9 +19,12 @@ use super::ack::{Ackable, MessageAcks, Watermark};
 use super::client::{Connection, PubSubError};
 use super::config::{ReadConfig, ReadFrom};
 use super::decode::{Incoming, MessageDecoder};
+use super::ledger::{self, Expected, Ledger, Seen, parse_store_key, store_key};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink};
 use crate::pipeline::stats::AckStats;
 use crate::record::{AckToken, Batch};
+use crate::state::StateStore;
+use crate::transforms::window::combine::durable::retry;
 
 /// How often an idle source wakes to check for stop requests, idleness and `--until-idle`.
 const POLL: Duration = Duration::from_millis(100);
@@ -38,6 +41,20 @@ pub struct ReadFromPubSub {
     ports: usize,
     conn: Connection,
     acks: Arc<AckStats>,
+    /// Message ids seen within the dedupe horizon.
+    ledger: Ledger,
+    /// With durable state: where the ids are committed (`pubsub::ledger`).
+    durable: Option<DurableIds>,
+}
+
+/// The durable part of the ledger: the store and this source's namespace in it.
+struct DurableIds {
+    store: Arc<dyn StateStore>,
+    namespace: String,
+    /// Ids pulled by the previous worker and not acknowledged: the watermark is held until
+    /// they came back, or until `hold_until`.
+    expected: Expected,
+    hold_until: Option<Instant>,
 }
 
 impl ReadFromPubSub {
@@ -57,7 +74,179 @@ impl ReadFromPubSub {
             ports,
             conn: Connection::from_env(),
             acks,
+            ledger: Ledger::new(crate::state::config::DEFAULT_DEDUPE_HORIZON),
+            durable: None,
         }
+    }
+
+    /// Deduplicates ids within `horizon`; with a `store`, durably (namespace
+    /// `{pipeline}/{name}`), and holds the watermark of a restarted worker.
+    pub fn with_dedupe(
+        mut self,
+        pipeline: &str,
+        horizon: Duration,
+        store: Option<Arc<dyn StateStore>>,
+    ) -> Self {
+        self.ledger = Ledger::new(horizon);
+        self.durable = store.map(|store| DurableIds {
+            store,
+            namespace: format!("{pipeline}/{}", self.name),
+            expected: Expected::default(),
+            hold_until: None,
+        });
+        self
+    }
+
+    /// Reads this source's ids from the store: acknowledged ones are dropped when they come
+    /// again, pulled-but-unacknowledged ones are awaited with the watermark held.
+    async fn restore_ids(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let Some(d) = &mut self.durable else {
+            return Ok(());
+        };
+        let entries = retry(&self.name, &d.store, || {
+            let (store, ns) = (d.store.clone(), d.namespace.clone());
+            async move { store.load(&ns).await }
+        })
+        .await?;
+        let now = now_ms();
+        let mut expected = std::collections::HashSet::new();
+        let mut stale = Vec::new();
+        for (k, v) in entries {
+            match parse_store_key(&k) {
+                Some(('d', key)) => {
+                    let expiry = v
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, i64::from_le_bytes);
+                    if expiry > now {
+                        self.ledger.insert_settled(key, expiry);
+                    } else {
+                        stale.push(k);
+                    }
+                }
+                Some(('p', key)) => {
+                    expected.insert(key);
+                }
+                _ => stale.push(k),
+            }
+        }
+        if !stale.is_empty() {
+            let (store, ns) = (d.store.clone(), d.namespace.clone());
+            retry(&self.name, &d.store, || {
+                let (store, ns, stale) = (store.clone(), ns.clone(), stale.clone());
+                async move { store.commit(&ns, Vec::new(), stale).await }
+            })
+            .await?;
+        }
+        if !expected.is_empty() {
+            // The predecessor's leases run out within `lease_extension` of its death; then the
+            // server redelivers. Twice that, plus a margin, before giving up on the rest.
+            let wait = self.cfg.flow_control.lease_extension * 2 + Duration::from_secs(10);
+            tracing::info!(
+                transform = %self.name,
+                messages = expected.len(),
+                wait = ?wait,
+                "Holding the watermark until the messages pulled before the restart come back"
+            );
+            d.expected = Expected::new(expected);
+            d.hold_until = Some(Instant::now() + wait);
+            sink.hold(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the watermark hold of a restarted worker when every awaited message came back, or
+    /// when its time ran out.
+    async fn release_hold(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let Some(d) = &mut self.durable else {
+            return Ok(());
+        };
+        let Some(until) = d.hold_until else {
+            return Ok(());
+        };
+        if !d.expected.is_empty() {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            tracing::warn!(
+                transform = %self.name,
+                missing = d.expected.len(),
+                "Messages pulled before the restart did not come back in time (acknowledged already, or expired): releasing the watermark"
+            );
+            d.expected.clear();
+        } else {
+            tracing::info!(transform = %self.name, "Every message pulled before the restart came back: releasing the watermark");
+        }
+        d.hold_until = None;
+        sink.hold(false).await
+    }
+
+    /// Drops the copies in `pending` of messages seen within the horizon (a copy joins the hold
+    /// of its original, or is settled at once when that was released). Returns the first
+    /// copies with their ledger keys, and the handlers of copies of those in the same pull.
+    fn dedupe(
+        &mut self,
+        pending: Vec<(Incoming, Handler)>,
+        failed: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Vec<(Incoming, Handler, u128)>, Vec<Handler>) {
+        let now = now_ms();
+        let mut firsts: Vec<(Incoming, Handler, u128)> = Vec::with_capacity(pending.len());
+        let mut in_batch = std::collections::HashSet::with_capacity(pending.len());
+        let mut copies = Vec::new();
+        for (m, h) in pending {
+            let id = self
+                .cfg
+                .id_attribute
+                .as_ref()
+                .and_then(|a| m.attributes.get(a))
+                .unwrap_or(&m.message_id);
+            let key = ledger::key(id);
+            if !in_batch.insert(key) {
+                self.acks.duplicate(None);
+                copies.push(h);
+                continue;
+            }
+            match self.ledger.seen(key, now) {
+                Seen::New => firsts.push((m, h, key)),
+                Seen::Held(original) => match original.adopt(Box::new(h)) {
+                    Ok(()) => self.acks.duplicate(None),
+                    Err(h) => settle(h, &self.acks, original.failing()),
+                },
+                Seen::Settled => {
+                    settle(
+                        Box::new(h),
+                        &self.acks,
+                        failed.load(std::sync::atomic::Ordering::SeqCst),
+                    );
+                }
+            }
+        }
+        (firsts, copies)
+    }
+
+    /// Commits the ids about to be emitted (`p/`) and moves those released since the last
+    /// commit (`d/` when acknowledged), before the batch goes downstream.
+    async fn commit_ids(&mut self, keys: &[u128]) -> Result<(), EngineError> {
+        let now = now_ms();
+        let expired = self.ledger.expire(now);
+        let released = self.ledger.take_released();
+        let expiry = self.ledger.expiry_from(now);
+        let Some(d) = &mut self.durable else {
+            return Ok(());
+        };
+        for k in keys {
+            d.expected.arrived(*k);
+        }
+        commit_ledger(
+            &self.name,
+            &d.store,
+            &d.namespace,
+            keys,
+            &expired,
+            released,
+            expiry,
+        )
+        .await
     }
 
     fn external(&self, what: &str, e: PubSubError) -> EngineError {
@@ -112,7 +301,7 @@ impl ReadFromPubSub {
     /// Decodes and emits one batch of messages (the first received at `received_ms`) with its
     /// acknowledgement hold.
     async fn emit(
-        &self,
+        &mut self,
         decoder: &mut MessageDecoder,
         (pending, received_ms): (Vec<(Incoming, Handler)>, i64),
         failed: &Arc<std::sync::atomic::AtomicBool>,
@@ -122,16 +311,31 @@ impl ReadFromPubSub {
         if pending.is_empty() {
             return Ok(());
         }
-        let (msgs, handlers): (Vec<Incoming>, Vec<Handler>) = pending.into_iter().unzip();
-        let token: AckToken = Arc::new(MessageAcks::new(
-            handlers
-                .into_iter()
-                .map(|h| Box::new(h) as Box<dyn Ackable>)
-                .collect(),
-            failed.clone(),
-            self.acks.clone(),
-            received_ms,
-        ));
+        let (firsts, copies) = self.dedupe(pending, failed);
+        if firsts.is_empty() {
+            return self.commit_ids(&[]).await;
+        }
+        let mut msgs = Vec::with_capacity(firsts.len());
+        let mut handlers: Vec<Box<dyn Ackable>> = Vec::with_capacity(firsts.len() + copies.len());
+        let mut keys = Vec::with_capacity(firsts.len());
+        for (m, h, k) in firsts {
+            msgs.push(m);
+            handlers.push(Box::new(h));
+            keys.push(k);
+        }
+        // Copies of a message of this pull are settled with it.
+        handlers.extend(copies.into_iter().map(|h| Box::new(h) as Box<dyn Ackable>));
+        let mut acks = MessageAcks::new(handlers, failed.clone(), self.acks.clone(), received_ms);
+        if self.durable.is_some() {
+            acks = acks.with_ids(keys.clone(), self.ledger.released());
+        }
+        let acks = Arc::new(acks);
+        let now = now_ms();
+        for k in &keys {
+            self.ledger.insert(*k, Arc::downgrade(&acks), now);
+        }
+        self.commit_ids(&keys).await?;
+        let token: AckToken = acks;
         let (rows, bad) = decoder.decode(&msgs);
         let mut out = Output::new(self.ports);
         let origin = Batch {
@@ -159,11 +363,75 @@ impl ReadFromPubSub {
         for (port, batch) in out.drain() {
             sink.emit(port, batch).await?;
         }
-        if let Some(wm) = max_ts.and_then(|t| watermark.observe(t)) {
-            sink.watermark(wm).await?;
+        if let Some(t) = max_ts {
+            watermark.observe(t);
+        }
+        self.release_hold(sink).await?;
+        // While held, the watermark waits for the messages pulled before the restart.
+        if !self.holding() && watermark.current() > crate::pipeline::EventTime::MIN {
+            sink.watermark(watermark.current()).await?;
         }
         Ok(())
     }
+
+    fn holding(&self) -> bool {
+        self.durable
+            .as_ref()
+            .is_some_and(|d| d.hold_until.is_some())
+    }
+}
+
+/// One ledger commit: `pulled` ids as `p/`, `released` ones moved from `p/` to `d/` (until
+/// `expiry`) when acknowledged, `expired` ones forgotten.
+async fn commit_ledger(
+    name: &str,
+    store: &Arc<dyn StateStore>,
+    namespace: &str,
+    pulled: &[u128],
+    expired: &[u128],
+    released: Vec<(u128, bool)>,
+    expiry: i64,
+) -> Result<(), EngineError> {
+    let mut puts: Vec<(String, Vec<u8>)> = pulled
+        .iter()
+        .map(|k| (store_key('p', *k), Vec::new()))
+        .collect();
+    let mut deletes: Vec<String> = expired.iter().map(|k| store_key('d', *k)).collect();
+    let expiry = expiry.to_le_bytes().to_vec();
+    for (k, acked) in released {
+        deletes.push(store_key('p', k));
+        if acked {
+            puts.push((store_key('d', k), expiry.clone()));
+        }
+    }
+    if puts.is_empty() && deletes.is_empty() {
+        return Ok(());
+    }
+    // A key both put and deleted would be gone: an id released and pulled again in one step
+    // (a redelivery) stays pulled.
+    if !pulled.is_empty() {
+        let put: std::collections::HashSet<&str> = puts.iter().map(|(k, _)| k.as_str()).collect();
+        deletes.retain(|k| !put.contains(k.as_str()));
+    }
+    retry(name, store, || {
+        let (store, p, d) = (store.clone(), puts.clone(), deletes.clone());
+        async move { store.commit(namespace, p, d).await }
+    })
+    .await
+}
+
+/// Acknowledges (or, when the run failed, nacks) the handler of a duplicate at once.
+fn settle(h: Box<dyn Ackable>, stats: &AckStats, failing: bool) {
+    if failing {
+        h.nack();
+    } else {
+        h.ack();
+    }
+    stats.duplicate(Some(!failing));
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 fn sanitize(name: &str) -> String {
@@ -186,6 +454,7 @@ impl Source for ReadFromPubSub {
     async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
         let mut decoder =
             MessageDecoder::new(&self.cfg).map_err(|e| EngineError::config(&self.name, e))?;
+        self.restore_ids(sink).await?;
         let (path, temporary) = self.subscription().await?;
         let subscriber = self
             .conn
@@ -219,9 +488,26 @@ impl Source for ReadFromPubSub {
         });
         let conn = self.conn.clone();
         let name = self.name.clone();
+        // The last acknowledgements come after the stages finished: move their ids to `d/`
+        // then, so the next run does not wait for messages that will never come back.
+        let ledger = self.durable.as_ref().map(|d| {
+            (
+                d.store.clone(),
+                d.namespace.clone(),
+                self.ledger.released(),
+                self.ledger.expiry_from(0),
+            )
+        });
         sink.defer(Box::pin(async move {
             if tokio::time::timeout(SHUTDOWN_TIMEOUT, token.shutdown()).await.is_err() {
                 tracing::warn!(transform = %name, "Acknowledgements not confirmed in time; unacknowledged messages will be redelivered");
+            }
+            if let Some((store, ns, released, horizon)) = ledger {
+                let released = std::mem::take(&mut *released.lock().unwrap_or_else(|p| p.into_inner()));
+                let expiry = now_ms().saturating_add(horizon);
+                if let Err(e) = commit_ledger(&name, &store, &ns, &[], &[], released, expiry).await {
+                    tracing::warn!(transform = %name, error = %e, "Cannot record the last acknowledged ids; the next run waits for them");
+                }
             }
             puller.abort();
             if let Some(sub) = temporary {
@@ -287,6 +573,10 @@ impl Source for ReadFromPubSub {
                         last_message = Instant::now();
                         continue;
                     }
+                    // Quiet: record what was acknowledged meanwhile (the ledger's `d/`).
+                    if let Err(e) = self.commit_ids(&[]).await {
+                        break Err(e);
+                    }
                     if sink.paused() {
                         // Not pulling while a valve is closed: neither idle nor advancing.
                         last_message = Instant::now();
@@ -299,8 +589,12 @@ impl Source for ReadFromPubSub {
                         tracing::info!(transform = %self.name, idle = ?idle, "No message for the --until-idle period: ending");
                         break Ok(());
                     }
+                    if let Err(e) = self.release_hold(sink).await {
+                        break Err(e);
+                    }
                     if let Some(t) = self.cfg.watermark.idle_timeout
                         && idle >= t
+                        && !self.holding()
                     {
                         // Idle: the watermark follows the clock so windows still close.
                         let now = chrono::Utc::now().timestamp_millis();
@@ -324,6 +618,9 @@ impl Source for ReadFromPubSub {
         }
         drop(pending);
         result?;
+        if self.holding() {
+            sink.hold(false).await?;
+        }
         sink.stopped().await?;
         // Dropping the receiver stops the hand-over; messages in the channel are nacked. The
         // lease loop keeps extending the leases of messages still held downstream until they

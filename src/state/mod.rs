@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod embedded;
+pub mod lease;
 pub mod memory;
 pub mod postgres;
 pub mod redis;

@@ -30,6 +30,17 @@ const UPSERT: &str = "INSERT INTO sluice_state (namespace, key, value) \
      SELECT $1, k, v FROM unnest($2::text[], $3::bytea[]) AS t(k, v) \
      ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value";
 const DELETE: &str = "DELETE FROM sluice_state WHERE namespace = $1 AND key = ANY($2)";
+const CREATE_LEASES: &str = "CREATE TABLE IF NOT EXISTS sluice_lease (name text PRIMARY KEY, \
+     holder text NOT NULL, expires_at timestamptz NOT NULL)";
+/// Takes lease $1 for holder $2 for $3 seconds when it is free, expired or already $2's; a row
+/// comes back only then.
+const TAKE_LEASE: &str = "INSERT INTO sluice_lease (name, holder, expires_at) \
+     VALUES ($1, $2, now() + make_interval(secs => $3)) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE sluice_lease.holder = excluded.holder OR sluice_lease.expires_at < now() \
+     RETURNING holder";
+const LEASE_HOLDER: &str = "SELECT holder FROM sluice_lease WHERE name = $1";
+const RELEASE_LEASE: &str = "DELETE FROM sluice_lease WHERE name = $1 AND holder = $2";
 /// Connections: one per transform checkpointing at the same moment, up to this many (not
 /// measured; commits are a few statements each, so more would mostly queue on the WAL flush).
 const POOL_SIZE: usize = 4;
@@ -101,6 +112,9 @@ impl PostgresStore {
         tx.batch_execute(CREATE)
             .await
             .map_err(|e| failed(&what, e))?;
+        tx.batch_execute(CREATE_LEASES)
+            .await
+            .map_err(|e| failed(&what, e))?;
         tx.commit().await.map_err(|e| failed(&what, e))
     }
 }
@@ -168,6 +182,39 @@ impl StateStore for PostgresStore {
         }
         // An error above drops `tx`, which rolls back: nothing is applied.
         tx.commit().await.map_err(|e| failed("cannot commit", e))
+    }
+
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, StateError> {
+        let what = "cannot take the lease";
+        let client = self.pool.get().await.map_err(|e| pool_failed(what, e))?;
+        let taken = client
+            .query_opt(TAKE_LEASE, &[&name, &holder, &ttl.as_secs_f64()])
+            .await
+            .map_err(|e| failed(what, e))?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        let row = client
+            .query_opt(LEASE_HOLDER, &[&name])
+            .await
+            .map_err(|e| failed(what, e))?;
+        // Gone between the two statements (released): the next call takes it.
+        Ok(Some(row.map_or_else(|| "nobody".to_string(), |r| r.get(0))))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StateError> {
+        let what = "cannot release the lease";
+        let client = self.pool.get().await.map_err(|e| pool_failed(what, e))?;
+        client
+            .execute(RELEASE_LEASE, &[&name, &holder])
+            .await
+            .map(|_| ())
+            .map_err(|e| failed(what, e))
     }
 
     fn describe(&self) -> String {

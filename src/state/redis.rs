@@ -111,7 +111,52 @@ impl StateStore for RedisStore {
             .map_err(|e| failed("cannot commit", e))
     }
 
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StateError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EVAL")
+            .arg(TAKE_LEASE)
+            .arg(1)
+            .arg(lease_key(name))
+            .arg(holder)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed("cannot take the lease", e))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EVAL")
+            .arg(RELEASE_LEASE)
+            .arg(1)
+            .arg(lease_key(name))
+            .arg(holder)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| failed("cannot release the lease", e))
+    }
+
     fn describe(&self) -> String {
         format!("redis {}", redact(&self.url))
     }
+}
+
+/// Takes the lease KEYS[1] for ARGV[1] for ARGV[2] ms when it is free or already ARGV[1]'s
+/// (nil); otherwise returns its holder. One script, so no other client runs in between.
+const TAKE_LEASE: &str = "local cur = redis.call('GET', KEYS[1]) \
+    if (not cur) or cur == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+    return false end return cur";
+/// Deletes the lease KEYS[1] if ARGV[1] holds it.
+const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    redis.call('DEL', KEYS[1]) end return 0";
+
+/// The key of lease `name`: its value is the holder, its TTL the lease's.
+pub fn lease_key(name: &str) -> String {
+    format!("sluice:lease:{name}")
 }

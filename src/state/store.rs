@@ -99,6 +99,31 @@ pub trait StateStore: Send + Sync {
         deletes: Vec<String>,
     ) -> Result<(), StateError>;
 
+    /// Takes or renews the lease `name` for `holder` for `ttl` (docs/scaling.md: one active
+    /// replica per pipeline). `Ok(None)`: `holder` holds it now; `Ok(Some(other))`: another
+    /// holder's lease is still running. Backends no other process shares (memory; embedded,
+    /// whose file is locked by the process that opened it) always grant it.
+    ///
+    /// # Errors
+    /// The backend could not be asked.
+    async fn lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<String>, StateError> {
+        Ok(None)
+    }
+
+    /// Gives up the lease `name` if `holder` holds it (a clean exit), so a standby takes over
+    /// at once instead of after the lease ran out.
+    ///
+    /// # Errors
+    /// The backend could not be asked.
+    async fn release_lease(&self, _name: &str, _holder: &str) -> Result<(), StateError> {
+        Ok(())
+    }
+
     /// For logs and errors, e.g. `embedded /data/state` or `redis redis://…@host:6379/0`:
     /// passwords are never shown.
     fn describe(&self) -> String;

@@ -37,6 +37,7 @@ pub const ALERTS_DROPPED: &str = "sluice_alerts_dropped";
 pub const SOURCE_MESSAGES_RECEIVED: &str = "sluice_source_messages_received";
 pub const SOURCE_MESSAGES_ACKED: &str = "sluice_source_messages_acked";
 pub const SOURCE_MESSAGES_NACKED: &str = "sluice_source_messages_nacked";
+pub const SOURCE_DUPLICATES: &str = "sluice_source_duplicates_dropped";
 pub const SOURCE_MESSAGES_OUTSTANDING: &str = "sluice_source_messages_outstanding";
 pub const SOURCE_OLDEST_UNACKED_AGE: &str = "sluice_source_oldest_unacked_age_seconds";
 pub const SOURCE_THROTTLED: &str = "sluice_source_throttled_seconds";
@@ -196,6 +197,14 @@ impl PipelineMetrics {
                 "Messages nacked (redelivered) because the run failed or stopped first.",
             ),
             |s| acks(s).map(|c| c.nacked),
+        )?;
+        self.counter(
+            encoder,
+            (
+                SOURCE_DUPLICATES,
+                "Messages dropped at the source: their id (id_attribute, else the message id) was seen within the dedupe horizon.",
+            ),
+            |s| s.acks.get().map(|a| a.duplicates()),
         )?;
         self.gauge(
             encoder,
@@ -488,6 +497,7 @@ mod tests {
         series(&format!("sluice_source_messages_received_total{read} 6"));
         series(&format!("sluice_source_messages_acked_total{read} 2"));
         series(&format!("sluice_source_messages_nacked_total{read} 1"));
+        series(&format!("sluice_source_duplicates_dropped_total{read} 0"));
         series(&format!("sluice_source_messages_outstanding{read} 3"));
         series(&format!(
             "sluice_source_oldest_unacked_age_seconds{read} 10.0"

@@ -303,6 +303,12 @@ impl Durable {
         if self.cfg.failed.load(Ordering::SeqCst) {
             return Ok(());
         }
+        let mut extra = extra;
+        if extra.watermark == crate::pipeline::END_OF_TIME {
+            // A drained input (`--until-idle`) fired every window; the next run is a new input
+            // and must not find everything late: keep the last watermark of this one.
+            extra.watermark = self.committed_watermark.unwrap_or(EventTime::MIN);
+        }
         let meta = self
             .meta(&extra)
             .map_err(|e| EngineError::internal(transform, e))?;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the realistic-stream tests (emulator-tests/streams_emulator.rs, issue #16) against
+# Google's Pub/Sub emulator, Postgres and Redis: starts the emulator on a free port, runs the
+# tests one at a time (one of them freezes the emulator with SIGSTOP), stops it (also on
+# failure).
+#
+#   bash emulator-tests/run-stream-tests.sh [extra cargo test args...]
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+EMU_NAME=stream-tests
+# Our own state dir: the tests read the emulator's pid file in it (to freeze it).
+export SLUICE_EMU_DIR="${SLUICE_EMU_DIR:-/tmp/sluice-emulators-stream-tests-$$}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+stop_emulators_on_exit pubsub
+
+bash "$HERE/run-stores-tests.sh" start
+env_lines="$(bash "$HERE/pubsub-emulator.sh" start)"
+eval "$env_lines"
+export PUBSUB_EMULATOR_HOST
+export SLUICE_REQUIRE_EMULATORS=1
+log "emulator at $PUBSUB_EMULATOR_HOST"
+
+cd "$HERE/.."
+cargo test --test streams_emulator "$@" -- --test-threads=1 --nocapture
