@@ -17,6 +17,7 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 
 use super::ack::{Ackable, MessageAcks, Watermark};
 use super::client::{Connection, PubSubError};
+use super::connectivity;
 use super::config::{ReadConfig, ReadFrom};
 use super::decode::{Incoming, MessageDecoder};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink};
@@ -138,12 +139,10 @@ impl ReadFromPubSub {
             rows: arrow::array::RecordBatch::new_empty(ErrorRoute::schema()),
             acks: vec![token.clone()],
         };
-        self.errors.report(
+        self.errors.report_elements(
             &mut out,
             &origin,
-            bad.into_iter()
-                .map(|(i, e)| (msgs[i].payload_text(), e))
-                .collect(),
+            bad.into_iter().map(|(i, e)| (msgs[i].element(), e)).collect(),
         );
         let mut max_ts = None;
         if let Some(rows) = rows {
@@ -187,6 +186,8 @@ impl Source for ReadFromPubSub {
         let mut decoder =
             MessageDecoder::new(&self.cfg).map_err(|e| EngineError::config(&self.name, e))?;
         let (path, temporary) = self.subscription().await?;
+        // The streaming pull retries a dead endpoint silently: check first, then keep checking.
+        let reachability = connectivity::start(&self.conn, &path, &self.name).await?;
         let subscriber = self
             .conn
             .subscriber()
@@ -276,6 +277,9 @@ impl Source for ReadFromPubSub {
                 }
                 Ok(None) => break Ok(()),
                 Err(_elapsed) => {
+                    if let Some(e) = reachability.gave_up() {
+                        break Err(e);
+                    }
                     if !pending.is_empty() {
                         let batch = (std::mem::take(&mut pending), batch_started_ms);
                         if let Err(e) = self
