@@ -78,11 +78,7 @@ async fn probe(conn: &Connection, subscription: &str) -> Probe {
 /// # Errors
 /// The subscription does not exist, or the endpoint did not answer within the budget; the
 /// message names the endpoint.
-pub async fn check(
-    conn: &Connection,
-    subscription: &str,
-    transform: &str,
-) -> Result<(), String> {
+pub async fn check(conn: &Connection, subscription: &str, transform: &str) -> Result<(), String> {
     let endpoints = health::endpoints();
     let at = endpoint(conn);
     let mut backoff = Backoff::with_schedule(FIRST_WAIT, MAX_WAIT, ATTEMPTS);

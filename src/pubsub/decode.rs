@@ -448,7 +448,10 @@ mod tests {
         assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), ["1", "3", "5"]);
         assert_eq!(
             bad,
-            vec![(1, "invalid UTF-8".to_string()), (3, "invalid UTF-8".to_string())]
+            vec![
+                (1, "invalid UTF-8".to_string()),
+                (3, "invalid UTF-8".to_string())
+            ]
         );
         assert_eq!(
             msgs[1].element(),

@@ -17,8 +17,8 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 
 use super::ack::{Ackable, MessageAcks, Watermark};
 use super::client::{Connection, PubSubError};
-use super::connectivity;
 use super::config::{ReadConfig, ReadFrom};
+use super::connectivity;
 use super::decode::{Incoming, MessageDecoder};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink};
 use crate::pipeline::stats::AckStats;
@@ -142,7 +142,9 @@ impl ReadFromPubSub {
         self.errors.report_elements(
             &mut out,
             &origin,
-            bad.into_iter().map(|(i, e)| (msgs[i].element(), e)).collect(),
+            bad.into_iter()
+                .map(|(i, e)| (msgs[i].element(), e))
+                .collect(),
         );
         let mut max_ts = None;
         if let Some(rows) = rows {

@@ -137,7 +137,11 @@ pub fn truncate(record: &Map<String, Value>, limit: usize) -> Result<Truncated, 
     let element = record.get(ELEMENT).and_then(Value::as_str).unwrap_or("");
     let base64 = record.get(ELEMENT_ENCODING).and_then(Value::as_str) == Some(BASE64);
     let decoded: Option<Vec<u8>> = base64
-        .then(|| base64::engine::general_purpose::STANDARD.decode(element).ok())
+        .then(|| {
+            base64::engine::general_purpose::STANDARD
+                .decode(element)
+                .ok()
+        })
         .flatten();
     let original: &[u8] = decoded.as_deref().unwrap_or(element.as_bytes());
     let sha256: String = sha2::Sha256::digest(original)
@@ -271,7 +275,10 @@ mod tests {
         let t = truncate(&r, whole.len() - 1).unwrap();
         let back: Map<String, Value> = serde_json::from_slice(&t.payload).unwrap();
         assert_eq!(back["element"].as_str().unwrap(), "é\"".repeat(99) + "é");
-        assert!(truncate(&r, 10).is_err(), "the other fields alone exceed 10 bytes");
+        assert!(
+            truncate(&r, 10).is_err(),
+            "the other fields alone exceed 10 bytes"
+        );
     }
 
     #[test]

@@ -352,7 +352,11 @@ mod tests {
         let payloads: Vec<&[u8]> = bad.iter().map(|b| b.payload.as_slice()).collect();
         assert_eq!(
             payloads,
-            vec![&b"{not json"[..], b"{\"id\":\"x\"}", b"{\"name\":\"no id\"}"]
+            vec![
+                &b"{not json"[..],
+                b"{\"id\":\"x\"}",
+                b"{\"name\":\"no id\"}"
+            ]
         );
         let lines: Vec<usize> = bad.iter().map(|b| b.line).collect();
         assert_eq!(lines, vec![1, 2, 4], "blank lines count");

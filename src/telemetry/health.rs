@@ -26,7 +26,12 @@ impl Endpoints {
     pub fn failing(&self, service: &str, endpoint: &str, error: &str) {
         let mut f = self.failing.lock().expect("not poisoned");
         if f.insert(endpoint.to_string(), error.to_string()).is_none() {
-            tracing::error!(service, endpoint, error, "Cannot reach {service} at {endpoint}");
+            tracing::error!(
+                service,
+                endpoint,
+                error,
+                "Cannot reach {service} at {endpoint}"
+            );
         }
     }
 
@@ -34,7 +39,11 @@ impl Endpoints {
     pub fn reachable(&self, service: &str, endpoint: &str) {
         let mut f = self.failing.lock().expect("not poisoned");
         if f.remove(endpoint).is_some() {
-            tracing::info!(service, endpoint, "{service} at {endpoint} is reachable again");
+            tracing::info!(
+                service,
+                endpoint,
+                "{service} at {endpoint} is reachable again"
+            );
         }
     }
 
