@@ -156,6 +156,8 @@ pub async fn main(cli: Cli) -> u8 {
                     EXIT_FAILED
                 }
                 Err(e) => {
+                    // An ERROR log line for log collectors, and the plain line for a terminal.
+                    tracing::error!(error = %e, "Pipeline failed");
                     eprintln!("sluice: pipeline failed: {e}");
                     EXIT_FAILED
                 }

@@ -174,6 +174,16 @@ pub fn write_entry(level: &Level, message: &str, mut fields: Map<String, Value>)
     let _ = writeln!(err, "{entry}");
 }
 
+/// A warning where the subscriber is not (yet or any more) installed: a JSON entry with
+/// `SLUICE_LOG_FORMAT=json`, else a `sluice: …` line.
+pub fn warn_outside_logging(message: &str) {
+    if json_format() {
+        write_entry(&Level::WARN, message, Map::new());
+    } else {
+        eprintln!("sluice: {message}");
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` filters (default `warn,sluice=info`); with
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, spans are exported as OTLP traces too (`telemetry::otel`).
 pub fn init() {
