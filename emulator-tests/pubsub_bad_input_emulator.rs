@@ -88,11 +88,7 @@ async fn invalid_utf8_message_fails_alone_and_its_bytes_round_trip() {
     let rows = dir.path().join("rows");
     let p = write_pipeline(
         dir.path(),
-        &pipeline(
-            &id("in-sub"),
-            &rows.display().to_string(),
-            Some(&id("dlq")),
-        ),
+        &pipeline(&id("in-sub"), &rows.display().to_string(), Some(&id("dlq"))),
     );
     let bad: &[u8] = b"{\"id\": 99, \"name\": \"bad\xff\"}";
     let mut msgs: Vec<Message> = (1..=3).map(good).collect();
@@ -134,11 +130,7 @@ async fn oversized_dead_letter_is_published_truncated_with_its_size_and_hash() {
     let rows = dir.path().join("rows");
     let p = write_pipeline(
         dir.path(),
-        &pipeline(
-            &id("in-sub"),
-            &rows.display().to_string(),
-            Some(&id("dlq")),
-        ),
+        &pipeline(&id("in-sub"), &rows.display().to_string(), Some(&id("dlq"))),
     );
     let huge = vec![1u8; 2_000_000];
     let msgs = vec![good(1), Message::new().set_data(huge.clone()), good(2)];
@@ -192,12 +184,15 @@ async fn unreachable_endpoint_fails_readiness_and_the_run() {
     let rows = dir.path().join("rows").display().to_string();
     let p = write_pipeline(dir.path(), &pipeline("nowhere-sub", &rows, None));
     let addr = format!("127.0.0.1:{}", free_port());
-    let run = sluice_command(&["run", &p, "--until-idle", "5s", "--http", &addr], &nowhere)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sluice runs");
+    let run = sluice_command(
+        &["run", &p, "--until-idle", "5s", "--http", &addr],
+        &nowhere,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("sluice runs");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let (status, body) = loop {
@@ -260,10 +255,7 @@ async fn json_logs_are_json_lines_with_a_structured_summary() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     for e in &entries {
-        assert!(
-            e["severity"].is_string() && e["message"].is_string(),
-            "{e}"
-        );
+        assert!(e["severity"].is_string() && e["message"].is_string(), "{e}");
     }
     let summary = entries
         .iter()
