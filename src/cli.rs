@@ -14,7 +14,9 @@ use std::sync::Arc;
 use crate::pipeline::runner::{self, RunControl, RunReport};
 use crate::pipeline::valve::Valves;
 use crate::pipeline::{self, Graph, build::Overrides, build::Services};
+use crate::telemetry::logging;
 use crate::telemetry::metrics::PipelineMetrics;
+use tracing::Level;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -129,19 +131,38 @@ pub async fn main(cli: Cli) -> u8 {
             until_idle,
             http,
         } => {
+            let json = logging::json_format();
             let (spec, graph) = match load(&pipeline, &vars) {
                 Ok(x) => x,
+                Err(d) if json => {
+                    logging::write_entry(&Level::ERROR, &d.to_string(), Default::default());
+                    return EXIT_INVALID;
+                }
                 Err(d) => {
                     eprintln!("{d}");
                     return EXIT_INVALID;
                 }
             };
             match run(&spec, &graph, until_idle, http.as_deref()).await {
+                Ok(report) if json => {
+                    for (level, message, fields) in summary_entries(&report) {
+                        logging::write_entry(&level, &message, fields);
+                    }
+                    EXIT_OK
+                }
                 Ok(report) => {
                     eprint!("{}", summary(&report));
                     EXIT_OK
                 }
+                Err(e) if json => {
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("error".into(), e.to_string().into());
+                    logging::write_entry(&Level::ERROR, "Pipeline failed", fields);
+                    EXIT_FAILED
+                }
                 Err(e) => {
+                    // An ERROR log line for log collectors, and the plain line for a terminal.
+                    tracing::error!(error = %e, "Pipeline failed");
                     eprintln!("sluice: pipeline failed: {e}");
                     EXIT_FAILED
                 }
@@ -470,6 +491,52 @@ pub fn explain(spec: &PipelineSpec, graph: &Graph) -> String {
         s.push('\n');
     }
     s
+}
+
+/// [`summary`] as structured log entries (`SLUICE_LOG_FORMAT=json`): one INFO `Run summary`
+/// with `stages` (`transform`, `rows_in`, `rows_out`, `errors`) and `outputs`, and one WARNING
+/// per transform whose records failed without an error output, with `failed` and `examples`.
+pub fn summary_entries(
+    report: &RunReport,
+) -> Vec<(Level, String, serde_json::Map<String, serde_json::Value>)> {
+    use serde_json::{Map, Value, json};
+    let mut stages = Vec::new();
+    let mut outputs: Vec<Value> = Vec::new();
+    let mut warnings = Vec::new();
+    for (name, st) in &report.stats {
+        let errors = st.errors.load(Ordering::Relaxed);
+        stages.push(json!({
+            "transform": name,
+            "rows_in": st.rows_in.load(Ordering::Relaxed),
+            "rows_out": st.rows_out.load(Ordering::Relaxed),
+            "errors": errors,
+        }));
+        outputs.extend(
+            st.outputs
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .map(|o| Value::from(o.to_string())),
+        );
+        let ex = st.unhandled_examples.lock().expect("not poisoned");
+        if !ex.is_empty() {
+            let mut f = Map::new();
+            f.insert("transform".into(), Value::from(name.clone()));
+            f.insert("failed".into(), Value::from(errors));
+            f.insert("examples".into(), Value::from(ex.clone()));
+            warnings.push((
+                Level::WARN,
+                format!("{errors} records failed in `{name}`, which declares no error output"),
+                f,
+            ));
+        }
+    }
+    let mut f = Map::new();
+    f.insert("stages".into(), Value::from(stages));
+    f.insert("outputs".into(), Value::from(outputs));
+    let mut entries = vec![(Level::INFO, "Run summary".to_string(), f)];
+    entries.extend(warnings);
+    entries
 }
 
 /// The end-of-run report: rows per transform, errors, unhandled error examples, outputs.

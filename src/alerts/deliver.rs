@@ -315,7 +315,7 @@ async fn deliver(
             } if *d <= MAX_RETRY_AFTER => *d,
             _ => backoff,
         };
-        tracing::debug!(target = %redacted(&job.url), attempt, error = %err, wait_ms = wait.as_millis() as u64, "Retrying alert delivery");
+        tracing::warn!(target = %redacted(&job.url), attempt, error = %err, wait_ms = wait.as_millis() as u64, "Alert delivery failed; retrying");
         tokio::time::sleep(wait).await;
         backoff = backoff.saturating_mul(2);
         attempt += 1;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pipeline::stats::SinkStats;
+use crate::telemetry::health;
 
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::auth::Authenticator;
@@ -124,6 +125,11 @@ pub fn emulator_base() -> Option<String> {
         })
 }
 
+/// The REST endpoint calls go to (for logs and `/readyz`).
+pub fn endpoint() -> String {
+    emulator_base().unwrap_or_else(|| "https://bigquery.googleapis.com/bigquery/v2".into())
+}
+
 /// The default project: `GOOGLE_CLOUD_PROJECT`.
 ///
 /// # Errors
@@ -219,6 +225,14 @@ where
             if result.is_err() {
                 s.failed();
             }
+        }
+        // Reachability for `/readyz`: no answer at all marks the endpoint failing (logged at
+        // ERROR once); any answer, even an error status, marks it reachable.
+        match &result {
+            Err(e @ BqError::Transport(_)) => {
+                health::endpoints().failing("BigQuery", &endpoint(), &e.to_string());
+            }
+            _ => health::endpoints().reachable("BigQuery", &endpoint()),
         }
         match result {
             Ok(v) => return Ok(v),

@@ -41,6 +41,10 @@ use crate::record::rows::{row_json, to_json_rows};
 /// BigQuery recommends at most 500 rows per insertAll request (quota: 50,000 rows, 10 MB).
 pub const ROWS_PER_REQUEST: usize = 500;
 
+/// Bytes of row JSON per insertAll request: BigQuery takes at most 10 MB per HTTP request;
+/// 9 MB leaves room for the insert ids and the envelope. A larger row becomes an error record.
+const MAX_REQUEST_BYTES: usize = 9_000_000;
+
 /// Row-level `reason`s that mean "not stored, try again" rather than "bad row".
 const RETRYABLE_ROW_REASONS: &[&str] = &["backendError", "internalError", "timeout", "stopped"];
 
@@ -258,20 +262,26 @@ impl WriteToBigQuery {
             .iter()
             .map(|r| Value::Object(r.clone()).to_string())
             .collect();
-        let mut chunks: Vec<Chunk> = Vec::new();
-        for (i, (id, row)) in ids.into_iter().zip(json).enumerate() {
-            if i % ROWS_PER_REQUEST == 0 {
-                chunks.push(Vec::with_capacity(ROWS_PER_REQUEST));
-            }
-            chunks.last_mut().expect("pushed above").push((i, id, row));
-        }
+        let sizes: Vec<usize> = texts.iter().map(String::len).collect();
+        let (plan, too_large) = plan_requests(&sizes);
+        let mut rows_by_index: Vec<Option<(String, Map<String, Value>)>> =
+            ids.into_iter().zip(json).map(Some).collect();
+        let chunks: Vec<Chunk> = plan
+            .into_iter()
+            .map(|request| {
+                request
+                    .into_iter()
+                    .filter_map(|i| rows_by_index[i].take().map(|(id, row)| (i, id, row)))
+                    .collect()
+            })
+            .collect();
         let sink = self.stats.sink().clone();
         let results: Vec<Result<Vec<(usize, String)>, BqError>> = futures::stream::iter(chunks)
             .map(|chunk| insert_chunk(&c, &target, chunk, &sink))
             .buffer_unordered(self.cfg.num_streams)
             .collect()
             .await;
-        let mut failures = Vec::new();
+        let mut failures = too_large;
         for r in results {
             match r {
                 Ok(rejected) => failures.extend(rejected),
@@ -284,6 +294,33 @@ impl WriteToBigQuery {
             .map(|(i, msg)| (texts[i].clone(), msg))
             .collect())
     }
+}
+
+/// Groups rows (by their JSON sizes) into insertAll requests of at most [`ROWS_PER_REQUEST`]
+/// rows and [`MAX_REQUEST_BYTES`]; rows larger than that alone are returned with the reason.
+fn plan_requests(sizes: &[usize]) -> (Vec<Vec<usize>>, Vec<(usize, String)>) {
+    let mut requests: Vec<Vec<usize>> = Vec::new();
+    let mut too_large = Vec::new();
+    let mut bytes_in_last = 0;
+    for (i, &bytes) in sizes.iter().enumerate() {
+        if bytes > MAX_REQUEST_BYTES {
+            too_large.push((
+                i,
+                format!("the row is {bytes} bytes as JSON; an insertAll request holds at most {MAX_REQUEST_BYTES}"),
+            ));
+            continue;
+        }
+        let full = requests.last().is_none_or(|r| {
+            r.len() >= ROWS_PER_REQUEST || bytes_in_last + bytes > MAX_REQUEST_BYTES
+        });
+        if full {
+            requests.push(Vec::new());
+            bytes_in_last = 0;
+        }
+        bytes_in_last += bytes;
+        requests.last_mut().expect("pushed above").push(i);
+    }
+    (requests, too_large)
 }
 
 /// The `insertId` of each row: `__sluice_id`/`sluice_id` when present, else a content hash.
@@ -462,6 +499,19 @@ impl Operator for WriteToBigQuery {
 mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn requests_hold_at_most_500_rows_and_9_mb_and_oversized_rows_are_refused() {
+        let mut sizes = vec![10; 501];
+        sizes.extend([4_000_000, 4_000_000, 2_000_000, 9_000_001, 1]);
+        let (plan, refused) = plan_requests(&sizes);
+        let lens: Vec<usize> = plan.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![500, 3, 2]);
+        assert_eq!(plan[1], vec![500, 501, 502]);
+        assert_eq!(plan[2], vec![503, 505]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, 504);
+    }
 
     fn batch(ids: Option<Vec<&str>>) -> (RecordBatch, Vec<Map<String, Value>>) {
         let mut fields = vec![Field::new("k", DataType::Utf8, true)];

@@ -356,26 +356,17 @@ impl RowDecoder {
         }
         let (batch, bad) = self.json.decode_lines(&chunk);
         let mut good = vec![true; lines.len()];
-        if !bad.is_empty() {
-            // Bad records carry their line as payload: mark that many equal lines as bad.
-            let mut left: std::collections::HashMap<&[u8], usize> = Default::default();
-            for b in &bad {
-                *left.entry(b.payload.as_bytes()).or_default() += 1;
-            }
-            for (i, l) in lines.iter().enumerate() {
-                if let Some(n) = left.get_mut(l.as_slice())
-                    && *n > 0
-                {
-                    *n -= 1;
-                    good[i] = false;
-                }
+        // One line per row: a bad record's line index is its row's.
+        for b in &bad {
+            if let Some(g) = good.get_mut(b.line) {
+                *g = false;
             }
         }
         let failures = bad
             .into_iter()
             .map(|b| {
                 (
-                    b.payload,
+                    String::from_utf8_lossy(&b.payload).into_owned(),
                     format!("cannot convert BigQuery row: {}", b.error),
                 )
             })

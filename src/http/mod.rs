@@ -1,5 +1,5 @@
 //! The operations endpoints served with `--http ADDR` (SPEC §6): `/healthz` (liveness),
-//! `/readyz` (running and every valve open), `/metrics` (Prometheus text), `/` (status page) and
+//! `/readyz` (running, external endpoints reachable and every valve open), `/metrics` (Prometheus text), `/` (status page) and
 //! `/api/status` (the JSON the status page polls).
 
 use std::sync::Arc;
@@ -102,7 +102,7 @@ impl Status {
         })
     }
 
-    /// Ready: running, not stopping, and every valve open.
+    /// Ready: running, not stopping, every external endpoint reachable and every valve open.
     pub fn ready(&self) -> Result<(), String> {
         if let Some(why) = self
             .standby
@@ -114,6 +114,10 @@ impl Status {
         }
         if !self.running.load(Relaxed) {
             return Err("not running".into());
+        }
+        let unreachable = crate::telemetry::health::endpoints().unreachable();
+        if !unreachable.is_empty() {
+            return Err(format!("unreachable: {}", unreachable.join("; ")));
         }
         let closed = self.valves.closed_checks();
         if closed.is_empty() {

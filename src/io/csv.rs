@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 
 use super::files::{FormatWriter, LineChunks, ShardedFiles, expand, forward};
+use crate::pipeline::operator::Element;
 use crate::pipeline::operator::{
     END_OF_TIME, EngineError, ErrorRoute, Operator, Output, Source, SourceSink, StageStats,
 };
@@ -104,12 +105,12 @@ impl ReadFromCsv {
             match read(line) {
                 Ok(b) => good.extend(b),
                 Err(e) => failures.push((
-                    String::from_utf8_lossy(line).trim_end().to_string(),
+                    Element::from_bytes(line.trim_ascii_end()),
                     format!("{}: {e}", path.display()),
                 )),
             }
         }
-        self.errors.report(
+        self.errors.report_elements(
             out,
             &Batch::new(RecordBatch::new_empty(ErrorRoute::schema())),
             failures,

@@ -113,9 +113,9 @@ pub fn report_bad(
 ) {
     let failures = bad
         .into_iter()
-        .map(|b| (b.payload, format!("{}: {}", path.display(), b.error)))
+        .map(|b| (b.element(), format!("{}: {}", path.display(), b.error)))
         .collect();
-    errors.report(
+    errors.report_elements(
         out,
         &Batch::new(arrow::array::RecordBatch::new_empty(ErrorRoute::schema())),
         failures,

@@ -321,7 +321,13 @@ fn known_columns(
 ) -> Option<Vec<String>> {
     let from = &graph.nodes[edge.from];
     if from.error_port == Some(edge.port) {
-        return Some(vec!["element".into(), "msg".into(), "transform".into()]);
+        return Some(
+            crate::record::error_record::schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        );
     }
     // Deeper chains than this are unusual; the run-time check covers them.
     if edge.port != 0 || depth > 32 {

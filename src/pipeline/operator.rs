@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
 use super::stats::{AckStats, SinkStats, SourceStats, WindowStats};
 use crate::record::Batch;
+pub use crate::record::error_record::Element;
 
 /// Event time in milliseconds since the epoch; `i64::MAX` is the end of time.
 pub type EventTime = i64;
@@ -322,6 +323,9 @@ impl StageStats {
 
 /// How many examples of unhandled errors a stage keeps for the end-of-run report.
 const EXAMPLES_KEPT: usize = 5;
+/// Characters of an example's element kept for the report (a 2 MB payload must not become a
+/// 2 MB log line).
+const EXAMPLE_CHARS: usize = 500;
 
 /// Builds error records (`element`, `msg`, `transform`) and routes them to the error output, or
 /// counts them when the transform declared none.
@@ -345,23 +349,31 @@ impl ErrorRoute {
         &self.transform
     }
 
-    /// The schema of error records.
+    /// The schema of error records ([`crate::record::error_record::schema`]).
     pub fn schema() -> SchemaRef {
-        static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
-        SCHEMA
-            .get_or_init(|| {
-                Arc::new(Schema::new(vec![
-                    Field::new("element", DataType::Utf8, false),
-                    Field::new("msg", DataType::Utf8, false),
-                    Field::new("transform", DataType::Utf8, false),
-                ]))
-            })
-            .clone()
+        crate::record::error_record::schema()
     }
 
     /// Reports `(payload, message)` failures of rows of `origin` (whose acknowledgement holds
     /// the error records carry: input is acknowledged only once its dead letters are written).
     pub fn report(&self, out: &mut Output, origin: &Batch, failures: Vec<(String, String)>) {
+        self.report_elements(
+            out,
+            origin,
+            failures
+                .into_iter()
+                .map(|(p, m)| (Element::Text(p), m))
+                .collect(),
+        );
+    }
+
+    /// [`ErrorRoute::report`] for elements that may be bytes (payloads that are not UTF-8).
+    pub fn report_elements(
+        &self,
+        out: &mut Output,
+        origin: &Batch,
+        failures: Vec<(Element, String)>,
+    ) {
         if failures.is_empty() {
             return;
         }
@@ -369,7 +381,15 @@ impl ErrorRoute {
         match self.port {
             Some(port) => {
                 let n = failures.len();
-                let (elements, msgs): (Vec<String>, Vec<String>) = failures.into_iter().unzip();
+                let mut elements = Vec::with_capacity(n);
+                let mut encodings = Vec::with_capacity(n);
+                let mut msgs = Vec::with_capacity(n);
+                for (element, msg) in failures {
+                    let (text, encoding) = element.into_columns();
+                    elements.push(text);
+                    encodings.push(encoding);
+                    msgs.push(msg);
+                }
                 let transform = StringArray::from(vec![self.transform.as_ref(); n]);
                 let rows = RecordBatch::try_new(
                     Self::schema(),
@@ -377,6 +397,7 @@ impl ErrorRoute {
                         Arc::new(StringArray::from(elements)),
                         Arc::new(StringArray::from(msgs)),
                         Arc::new(transform),
+                        Arc::new(StringArray::from(encodings)),
                     ],
                 )
                 .expect("columns match the error schema");
@@ -384,11 +405,11 @@ impl ErrorRoute {
             }
             None => {
                 let mut ex = self.stats.unhandled_examples.lock().expect("not poisoned");
-                for (payload, msg) in failures {
+                for (element, msg) in failures {
                     if ex.len() >= EXAMPLES_KEPT {
                         break;
                     }
-                    ex.push(format!("{msg}: {payload}"));
+                    ex.push(format!("{msg}: {}", element.preview(EXAMPLE_CHARS)));
                 }
             }
         }

@@ -169,9 +169,12 @@ impl Connection {
         max_messages: u32,
         delay: std::time::Duration,
     ) -> Result<Publisher, PubSubError> {
+        // No retries inside the client (its default retries silently for 10 minutes): the
+        // sink's own bounded loop retries, logging each attempt (`sink::publish_all`).
         let mut b = Publisher::builder(topic.to_string())
             .set_message_count_threshold(max_messages)
-            .set_delay_threshold(delay);
+            .set_delay_threshold(delay)
+            .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
         if let (Some(e), Some(c)) = (&self.emulator, self.credentials()) {
             b = b.with_endpoint(e.clone()).with_credentials(c);
         }

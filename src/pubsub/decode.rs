@@ -48,9 +48,10 @@ impl Incoming {
         }
     }
 
-    /// The payload as text for error records (lossy for non-UTF-8 bytes).
-    pub fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.data).into_owned()
+    /// The payload as an error record's `element`: its text, or its bytes (written base64)
+    /// when it is not UTF-8.
+    pub fn element(&self) -> crate::record::error_record::Element {
+        crate::record::error_record::Element::from_bytes(&self.data)
     }
 }
 
@@ -282,18 +283,22 @@ fn decode_json(
         text.push(b'\n');
     }
     let (rows, bad_lines) = decoder.decode_lines(&text);
-    // Bad lines come back in order with their text: match them greedily to the lines.
-    let mut bad_iter = bad_lines.into_iter().peekable();
+    // Line k of `text` is `lines[k]` (no payload line holds a newline): bad lines map to their
+    // messages by index, whatever their bytes.
+    let mut is_bad = vec![false; lines.len()];
+    for b in bad_lines {
+        match lines.get(b.line) {
+            Some((i, _, _)) => {
+                is_bad[b.line] = true;
+                bad.push((*i, b.error));
+            }
+            None => tracing::error!(line = b.line, "Decoder reported a line it was not given"),
+        }
+    }
     let mut kept = Vec::with_capacity(lines.len());
     let mut kept_times = Vec::with_capacity(lines.len());
-    for (i, t, line) in &lines {
-        let is_bad = bad_iter
-            .peek()
-            .is_some_and(|b| b.payload.as_bytes() == trim_end(line));
-        if is_bad {
-            let b = bad_iter.next().expect("peeked");
-            bad.push((*i, b.error));
-        } else {
+    for ((i, t, _), bad) in lines.iter().zip(is_bad) {
+        if !bad {
             kept.push(*i);
             kept_times.push(*t);
         }
@@ -418,6 +423,40 @@ mod tests {
         let ids = rows.column_by_name(meta::ROW_ID).unwrap();
         let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(ids.value(1), "3");
+    }
+
+    #[test]
+    fn an_invalid_utf8_message_fails_alone_and_keeps_its_bytes() {
+        let mut d = MessageDecoder::new(&cfg(Format::Json)).unwrap();
+        let bytes = |id: &str, data: &[u8]| Incoming {
+            data: bytes::Bytes::copy_from_slice(data),
+            message_id: id.into(),
+            publish_time_ms: Some(1_000),
+            ..Default::default()
+        };
+        let msgs = vec![
+            bytes("1", br#"{"id": 1, "name": "a"}"#),
+            bytes("2", b"{\"id\": 2, \"name\": \"bad\xff\"}"),
+            bytes("3", br#"{"id": 3}"#),
+            bytes("4", b"{\"id\": 4, \"name\": \"\xfe\"}"),
+            bytes("5", br#"{"id": 5}"#),
+        ];
+        let (rows, bad) = d.decode(&msgs);
+        let rows = rows.unwrap();
+        let ids = rows.column_by_name(meta::ROW_ID).unwrap();
+        let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), ["1", "3", "5"]);
+        assert_eq!(
+            bad,
+            vec![
+                (1, "invalid UTF-8".to_string()),
+                (3, "invalid UTF-8".to_string())
+            ]
+        );
+        assert_eq!(
+            msgs[1].element(),
+            crate::record::error_record::Element::Bytes(msgs[1].data.to_vec())
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod ack;
 pub mod client;
 pub mod config;
+pub mod connectivity;
 pub mod control;
 pub mod decode;
 pub mod ledger;

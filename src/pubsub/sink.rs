@@ -22,6 +22,7 @@ use super::config::{Format, WriteConfig};
 use super::shard::{SHARD_ATTRIBUTE, is_per_shard, shards, topic_for};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
 use crate::pipeline::stats::SinkStats;
+use crate::record::error_record;
 use crate::record::{Batch, meta};
 use crate::sinks::retry::Backoff;
 
@@ -34,6 +35,13 @@ pub const ID_ATTRIBUTE: &str = "sluice_id";
 const MAX_ATTEMPTS: u32 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Largest message data Sluice publishes. Pub/Sub accepts at most 10 MB per publish request
+/// (the client batches up to 10,000,000 bytes: `publisher::constants::MAX_BYTES`), attributes
+/// included (at most 100 × (256 + 1024) bytes) plus the request's framing; 9,000,000 leaves room
+/// for all of that. A larger dead-letter record is cut down to this size and marked
+/// ([`error_record::truncate`]); a larger output row becomes an error record.
+pub const MAX_MESSAGE_BYTES: usize = 9_000_000;
 
 /// The client's batching: Pub/Sub accepts at most 1000 messages per publish request.
 const PUBLISH_BATCH: u32 = 1000;
@@ -326,12 +334,25 @@ impl WriteToPubSub {
         let times = batch.event_times();
         let mut msgs = Vec::with_capacity(n);
         let mut bad = Vec::new();
+        let dead_letters = error_record::is_error_schema(&payload_rows.schema());
         for (i, payload) in payloads.into_iter().enumerate() {
-            let Some(payload) = payload else {
+            let Some(mut payload) = payload else {
                 bad.push((i, "the payload field is null".to_string()));
                 continue;
             };
             let mut attributes: HashMap<String, String> = HashMap::new();
+            if payload.len() > MAX_MESSAGE_BYTES {
+                match self.cut(&payload_rows, i, payload.len(), dead_letters) {
+                    Ok(t) => {
+                        payload = t.payload.clone();
+                        attributes.extend(t.attributes());
+                    }
+                    Err(e) => {
+                        bad.push((i, e));
+                        continue;
+                    }
+                }
+            }
             if let Some(m) = &map {
                 attributes.extend(m[i].iter().cloned());
             }
@@ -361,6 +382,37 @@ impl WriteToPubSub {
             msgs.push((route, m));
         }
         Ok((msgs, bad))
+    }
+}
+
+impl WriteToPubSub {
+    /// A message of `size` bytes made from row `i`: a dead letter is cut down to
+    /// [`MAX_MESSAGE_BYTES`] (and marked); any other row is refused with the reason.
+    fn cut(
+        &self,
+        payload_rows: &RecordBatch,
+        i: usize,
+        size: usize,
+        dead_letters: bool,
+    ) -> Result<error_record::Truncated, String> {
+        let too_large = format!(
+            "the message is {size} bytes; Pub/Sub accepts at most {MAX_MESSAGE_BYTES} (10 MB per publish request)"
+        );
+        if !dead_letters || self.cfg.format != Format::Json {
+            return Err(too_large);
+        }
+        let row = crate::record::rows::to_json_rows(&payload_rows.slice(i, 1));
+        let record = row.into_iter().next().ok_or_else(|| too_large.clone())?;
+        let t = error_record::truncate(&record, MAX_MESSAGE_BYTES)
+            .map_err(|e| format!("{too_large}; {e}"))?;
+        tracing::warn!(
+            transform = %self.name,
+            original_bytes = t.original_bytes,
+            message_bytes = size,
+            sha256 = %t.sha256,
+            "Dead-letter record too large for Pub/Sub: publishing it truncated"
+        );
+        Ok(t)
     }
 }
 

@@ -18,6 +18,7 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 use super::ack::{Ackable, MessageAcks, Watermark};
 use super::client::{Connection, PubSubError};
 use super::config::{ReadConfig, ReadFrom};
+use super::connectivity;
 use super::decode::{Incoming, MessageDecoder};
 use super::ledger::{self, Expected, Ledger, Seen, parse_store_key, store_key};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink};
@@ -342,11 +343,11 @@ impl ReadFromPubSub {
             rows: arrow::array::RecordBatch::new_empty(ErrorRoute::schema()),
             acks: vec![token.clone()],
         };
-        self.errors.report(
+        self.errors.report_elements(
             &mut out,
             &origin,
             bad.into_iter()
-                .map(|(i, e)| (msgs[i].payload_text(), e))
+                .map(|(i, e)| (msgs[i].element(), e))
                 .collect(),
         );
         let mut max_ts = None;
@@ -456,6 +457,8 @@ impl Source for ReadFromPubSub {
             MessageDecoder::new(&self.cfg).map_err(|e| EngineError::config(&self.name, e))?;
         self.restore_ids(sink).await?;
         let (path, temporary) = self.subscription().await?;
+        // The streaming pull retries a dead endpoint silently: check first, then keep checking.
+        let reachability = connectivity::start(&self.conn, &path, &self.name).await?;
         let subscriber = self
             .conn
             .subscriber()
@@ -562,6 +565,9 @@ impl Source for ReadFromPubSub {
                 }
                 Ok(None) => break Ok(()),
                 Err(_elapsed) => {
+                    if let Some(e) = reachability.gave_up() {
+                        break Err(e);
+                    }
                     if !pending.is_empty() {
                         let batch = (std::mem::take(&mut pending), batch_started_ms);
                         if let Err(e) = self

@@ -12,11 +12,23 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
 
-/// A record that could not be decoded: the original payload and why.
+/// A record that could not be decoded: where it was, its original bytes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRecord {
-    pub payload: String,
+    /// Index of the line in the decoded chunk (0-based, counting every `\n`-separated line,
+    /// blank ones included), so callers map failures to their records exactly, whatever the
+    /// bytes (comparing text would not: invalid UTF-8 reads back as U+FFFD).
+    pub line: usize,
+    /// The line as it was, trailing whitespace removed (not necessarily UTF-8).
+    pub payload: Vec<u8>,
     pub error: String,
+}
+
+impl BadRecord {
+    /// The payload as an error record's `element` (text, or base64 when it is not UTF-8).
+    pub fn element(&self) -> crate::pipeline::operator::Element {
+        crate::pipeline::operator::Element::from_bytes(&self.payload)
+    }
 }
 
 /// Rows the decoder buffers before it must be flushed; chunks larger than this are decoded in
@@ -88,8 +100,9 @@ impl JsonDecoder {
         // The shared decoder may hold a partial tape after the failure: start afresh.
         self.decoder = Self::build(&self.schema).expect("schema was accepted before");
         let mut good = Vec::with_capacity(chunk.len());
+        let mut good_lines = Vec::new();
         let mut bad = Vec::new();
-        for line in chunk.split(|b| *b == b'\n') {
+        for (index, line) in chunk.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -97,9 +110,11 @@ impl JsonDecoder {
                 Ok(()) => {
                     good.extend_from_slice(line);
                     good.push(b'\n');
+                    good_lines.push((index, line));
                 }
                 Err(e) => bad.push(BadRecord {
-                    payload: String::from_utf8_lossy(line).trim_end().to_string(),
+                    line: index,
+                    payload: trim_end(line).to_vec(),
                     error: e,
                 }),
             }
@@ -109,14 +124,12 @@ impl JsonDecoder {
             Err(e) => {
                 // Each line decoded alone; failing together would be an arrow-json bug. Keep the
                 // data rather than lose it: report every line of the chunk as bad.
-                bad.extend(
-                    good.split(|b| *b == b'\n')
-                        .filter(|l| !l.is_empty())
-                        .map(|l| BadRecord {
-                            payload: String::from_utf8_lossy(l).into_owned(),
-                            error: e.to_string(),
-                        }),
-                );
+                bad.extend(good_lines.into_iter().map(|(index, l)| BadRecord {
+                    line: index,
+                    payload: trim_end(l).to_vec(),
+                    error: e.to_string(),
+                }));
+                bad.sort_by_key(|b| b.line);
                 self.decoder = Self::build(&self.schema).expect("schema was accepted before");
                 None
             }
@@ -141,6 +154,14 @@ impl JsonDecoder {
             _ => Err("expected one JSON object".into()),
         }
     }
+}
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    &b[..end]
 }
 
 fn clean(e: ArrowError) -> String {
@@ -312,7 +333,8 @@ mod tests {
         let (batch, bad) = d.decode_lines(text);
         assert_eq!(batch.unwrap().num_rows(), 3);
         assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].payload, "{\"n\": \"lots\", \"s\": \"b\"}");
+        assert_eq!(bad[0].payload, b"{\"n\": \"lots\", \"s\": \"b\"}");
+        assert_eq!(bad[0].line, 1);
     }
 
     #[test]
@@ -327,14 +349,41 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(ids.values(), &[1, 5]);
-        let payloads: Vec<&str> = bad.iter().map(|b| b.payload.as_str()).collect();
+        let payloads: Vec<&[u8]> = bad.iter().map(|b| b.payload.as_slice()).collect();
         assert_eq!(
             payloads,
-            vec!["{not json", "{\"id\":\"x\"}", "{\"name\":\"no id\"}"]
+            vec![
+                &b"{not json"[..],
+                b"{\"id\":\"x\"}",
+                b"{\"name\":\"no id\"}"
+            ]
         );
+        let lines: Vec<usize> = bad.iter().map(|b| b.line).collect();
+        assert_eq!(lines, vec![1, 2, 4], "blank lines count");
         // The decoder is usable again afterwards.
         let (again, bad) = d.decode_lines(b"{\"id\":7}\n");
         assert!(bad.is_empty());
         assert_eq!(again.unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn invalid_utf8_lines_are_reported_by_index_with_their_bytes() {
+        let mut d = JsonDecoder::new(schema()).unwrap();
+        let input = b"{\"id\":1}\n{\"id\":2,\"name\":\"bad\xff\"}\n{\"id\":3}\n{\"id\":4,\"name\":\"\xfe\"}  \n";
+        let (batch, bad) = d.decode_lines(input);
+        let ids = batch.unwrap();
+        let ids = ids.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 3]);
+        let got: Vec<(usize, &[u8], &str)> = bad
+            .iter()
+            .map(|b| (b.line, b.payload.as_slice(), b.error.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, &b"{\"id\":2,\"name\":\"bad\xff\"}"[..], "invalid UTF-8"),
+                (3, &b"{\"id\":4,\"name\":\"\xfe\"}"[..], "invalid UTF-8"),
+            ]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! conversions between JSON and Arrow.
 
 mod batch;
+pub mod error_record;
 pub mod json;
 pub mod rows;
 pub mod schema;

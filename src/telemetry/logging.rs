@@ -149,6 +149,41 @@ where
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
+/// Whether logs are Cloud Logging JSON (`SLUICE_LOG_FORMAT=json`): then everything `sluice run`
+/// writes to stderr is one JSON object per line, the run summary included.
+pub fn json_format() -> bool {
+    std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json")
+}
+
+fn labels() -> Map<String, Value> {
+    let mut labels = Map::new();
+    if let Ok(pod) = std::env::var("HOSTNAME") {
+        labels.insert("pod".into(), Value::from(pod));
+    }
+    labels
+}
+
+/// Writes one structured entry to stderr, in the format of the JSON logs, for reports whose
+/// fields are nested (the run summary's per-transform table), which `tracing` fields cannot
+/// carry. Call only when [`json_format`] holds.
+pub fn write_entry(level: &Level, message: &str, mut fields: Map<String, Value>) {
+    use std::io::Write as _;
+    fields.insert("message".into(), Value::from(message));
+    let entry = CloudLoggingJson { labels: labels() }.entry(level, "sluice", fields, Vec::new());
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{entry}");
+}
+
+/// A warning where the subscriber is not (yet or any more) installed: a JSON entry with
+/// `SLUICE_LOG_FORMAT=json`, else a `sluice: …` line.
+pub fn warn_outside_logging(message: &str) {
+    if json_format() {
+        write_entry(&Level::WARN, message, Map::new());
+    } else {
+        eprintln!("sluice: {message}");
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` filters (default `warn,sluice=info`); with
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, spans are exported as OTLP traces too (`telemetry::otel`).
 pub fn init() {
@@ -161,12 +196,9 @@ pub fn init() {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let fmt = if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        let mut labels = Map::new();
-        if let Ok(pod) = std::env::var("HOSTNAME") {
-            labels.insert("pod".into(), Value::from(pod));
-        }
-        fmt.event_format(CloudLoggingJson { labels }).boxed()
+    let fmt = if json_format() {
+        fmt.event_format(CloudLoggingJson { labels: labels() })
+            .boxed()
     } else {
         fmt.boxed()
     };

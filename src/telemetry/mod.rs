@@ -1,5 +1,6 @@
 //! Metrics, logs and traces.
 
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

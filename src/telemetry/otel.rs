@@ -46,7 +46,7 @@ where
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("sluice: OTLP trace export disabled: {e}");
+            super::logging::warn_outside_logging(&format!("OTLP trace export disabled: {e}"));
             return None;
         }
     };
@@ -129,11 +129,11 @@ pub fn shutdown() {
     if let Some(p) = TRACES.get()
         && let Err(e) = p.shutdown()
     {
-        eprintln!("sluice: flushing OTLP traces failed: {e}");
+        super::logging::warn_outside_logging(&format!("Flushing OTLP traces failed: {e}"));
     }
     if let Some(p) = METRICS.get()
         && let Err(e) = p.shutdown()
     {
-        eprintln!("sluice: flushing OTLP metrics failed: {e}");
+        super::logging::warn_outside_logging(&format!("Flushing OTLP metrics failed: {e}"));
     }
 }

@@ -46,12 +46,12 @@ impl Operator for StripErrorMetadata {
             .into_iter()
             .map(|b| {
                 (
-                    b.payload,
+                    b.element(),
                     format!("element is not a JSON object: {}", b.error),
                 )
             })
             .collect();
-        self.errors.report(out, &batch, failures);
+        self.errors.report_elements(out, &batch, failures);
         Ok(())
     }
 }
