@@ -21,10 +21,15 @@ use tokio::sync::mpsc;
 /// 2026-01-01T00:00:00Z, in seconds.
 const T0: i64 = 1_767_225_600;
 
-/// A hold that records its release (Pub/Sub would acknowledge the burst then).
-struct Burst(Arc<AtomicBool>);
+/// A hold that records its release (Pub/Sub would acknowledge the burst then) and whether it
+/// was abandoned (released as not written: Pub/Sub would nack it).
+struct Burst(Arc<AtomicBool>, Arc<AtomicBool>);
 
-impl Hold for Burst {}
+impl Hold for Burst {
+    fn abandon(&self) {
+        self.1.store(true, Ordering::SeqCst);
+    }
+}
 
 impl Drop for Burst {
     fn drop(&mut self) {
@@ -47,6 +52,12 @@ impl Source for Scripted {
 
 /// One burst of `(event_id, recipe_id, seconds after T0)` events and the flag its release sets.
 fn burst(events: &[(&str, &str, i64)]) -> (Batch, Arc<AtomicBool>) {
+    let (batch, released, _) = held(events);
+    (batch, released)
+}
+
+/// [`burst`], with also the flag its abandonment sets.
+fn held(events: &[(&str, &str, i64)]) -> (Batch, Arc<AtomicBool>, Arc<AtomicBool>) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Utf8, false),
         Field::new("recipe_id", DataType::Utf8, false),
@@ -69,10 +80,11 @@ fn burst(events: &[(&str, &str, i64)]) -> (Batch, Arc<AtomicBool>) {
     )
     .expect("columns match");
     let released = Arc::new(AtomicBool::new(false));
-    let hold: AckToken = Arc::new(Burst(released.clone()));
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let hold: AckToken = Arc::new(Burst(released.clone(), abandoned.clone()));
     let mut batch = Batch::new(rows);
     batch.acks.push(hold);
-    (batch, released)
+    (batch, released, abandoned)
 }
 
 /// Starts `yaml` with its `Read` source replaced by a scripted stream; returns the sender and
@@ -80,6 +92,25 @@ fn burst(events: &[(&str, &str, i64)]) -> (Batch, Arc<AtomicBool>) {
 fn start(
     yaml: &str,
     out: &Path,
+) -> (
+    mpsc::Sender<Batch>,
+    tokio::task::JoinHandle<Result<(), EngineError>>,
+) {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (tx, run) = launch(yaml, out, RunControl::new(stop));
+    let run = tokio::spawn(async move {
+        let res = run.await.expect("joined");
+        drop(stop_tx);
+        res
+    });
+    (tx, run)
+}
+
+/// [`start`] with the run's control given (a stop flag, `options.drain`).
+fn launch(
+    yaml: &str,
+    out: &Path,
+    control: RunControl,
 ) -> (
     mpsc::Sender<Batch>,
     tokio::task::JoinHandle<Result<(), EngineError>>,
@@ -98,8 +129,7 @@ fn start(
             .position(|n| n.name == "Read")
             .expect("a Read node");
         built.stages[read] = Stage::Source(Box::new(Scripted(rx)));
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        run(&graph, built.stages, built.stats, RunControl::new(stop))
+        run(&graph, built.stages, built.stats, control)
             .await
             .map(|_| ())
     });
@@ -457,4 +487,33 @@ async fn the_global_window_rolls_by_age_while_the_stream_is_quiet() {
     drop(tx);
     run.await.expect("joined").expect("run succeeds");
     assert_eq!(names(out), ["all-0-00000-of-00001"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_drain_keep_leaves_open_windows_unwritten_for_redelivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let control = RunControl::new(stop).with_drain(sluice::config::spec::Drain::Keep, None);
+    let (tx, run) = launch(WINDOWED, out, control);
+    // Watermark 62 s: the first minute is written; the second stays open.
+    let (a, a_done, a_abandoned) = held(&[("a", "r1", 5), ("b", "r1", 72)]);
+    tx.send(a).await.expect("running");
+    appears(&out.join(format!("events-{}-0-00000-of-00001", window(0, 60)))).await;
+    stop_tx.send(true).expect("running");
+    drop(tx);
+    run.await.expect("joined").expect("run succeeds");
+    assert_eq!(
+        names(out),
+        [
+            format!("counts-{}-0-00000-of-00001", window(0, 60)),
+            format!("events-{}-0-00000-of-00001", window(0, 60)),
+        ],
+        "the open minute left no file, not even a temporary one"
+    );
+    assert!(a_done.load(Ordering::SeqCst));
+    assert!(
+        a_abandoned.load(Ordering::SeqCst),
+        "the burst is released as not written: redelivered to the next run"
+    );
 }
