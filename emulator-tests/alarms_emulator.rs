@@ -87,13 +87,13 @@ pipeline:
     .await;
     assert!(out.status.success(), "{}", show(&out));
 
-    let mut rows: Vec<i64> = json_lines(&dir.path().join("rows-00000-of-00001"))
+    let mut rows: Vec<i64> = json_outputs(dir.path(), "rows")
         .iter()
         .map(|r| r["id"].as_i64().expect("id"))
         .collect();
     rows.sort_unstable();
     assert_eq!(rows, (1..=20).collect::<Vec<i64>>());
-    let errors = json_lines(&dir.path().join("bad-00000-of-00001"));
+    let errors = json_outputs(dir.path(), "bad");
     assert_eq!(errors.len(), 10, "{errors:?}");
     let mut elements: Vec<&str> = errors
         .iter()

@@ -130,7 +130,7 @@ pipeline:
     let out = sluice(&["run", p, "--until-idle", &idle], conn).await;
     let took = started.elapsed().saturating_sub(IDLE);
     assert!(out.status.success(), "{}", show(&out));
-    let rows = json_lines(&dir.path().join("out-00000-of-00001"));
+    let rows = json_outputs(dir.path(), "out");
     let mut ids: Vec<i64> = rows
         .iter()
         .map(|r| r["event_id"].as_i64().expect("event_id"))

@@ -258,7 +258,7 @@ pipeline:
         {"id": 2, "name": "B", "kind": "y", "doubled": 4, "message_id": msg_ids[2]},
         {"id": 3, "name": null, "kind": null, "doubled": 6, "message_id": msg_ids[4]},
     ]);
-    let rows = sorted_by_id(json_lines(&dir.path().join("rows-00000-of-00001")));
+    let rows = sorted_by_id(json_outputs(dir.path(), "rows"));
     assert_eq!(Value::from(rows), expected);
 
     let published = pull_all(&conn, &output_sub, Duration::from_secs(2)).await;
@@ -274,7 +274,7 @@ pipeline:
     let sids: Vec<&str> = by_id.values().map(|(_, s)| s.as_str()).collect();
     assert_eq!(sids, vec![&msg_ids[0], &msg_ids[2], &msg_ids[4]]);
 
-    let mut bad = json_lines(&dir.path().join("bad-00000-of-00001"));
+    let mut bad = json_outputs(dir.path(), "bad");
     bad.sort_by_key(|r| r["element"].as_str().map(str::to_string));
     assert_eq!(bad.len(), 2, "{bad:?}");
     assert_eq!(bad[0]["element"], "not json");
@@ -450,13 +450,13 @@ pipeline:
     child.start_kill().expect("SIGKILL");
     let status = child.wait().await.expect("wait");
     assert!(!status.success());
-    assert!(!dir.path().join("out-00000-of-00001").exists());
+    assert!(output_names(dir.path(), "out").is_empty());
 
     // Redelivery comes once the killed worker's 10s lease lapsed (the emulator scans leases every
     // second; 25 s of idleness leaves room for a slow start under load).
     let out = sluice(&["run", p, "--until-idle", "25s"], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
-    let rows = sorted_by_id(json_lines(&dir.path().join("out-00000-of-00001")));
+    let rows = sorted_by_id(json_outputs(dir.path(), "out"));
     assert_eq!(
         Value::from(rows),
         json!([
@@ -636,7 +636,7 @@ pipeline:
 
     let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
-    let mut rows = json_lines(&dir.path().join("rows-00000-of-00001"));
+    let mut rows = json_outputs(dir.path(), "rows");
     let key = |r: &Value| {
         (
             r["minute"].as_i64(),
@@ -742,7 +742,7 @@ pipeline:
 
     let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
-    let mut rows = json_lines(&dir.path().join("rows-00000-of-00001"));
+    let mut rows = json_outputs(dir.path(), "rows");
     rows.sort_by_key(|r| (r["n"].as_i64(), r["eid"].as_str().map(str::to_string)));
     assert_eq!(
         Value::from(rows),
@@ -828,7 +828,7 @@ pipeline:
 
     let out = sluice(&["run", p, "--until-idle", "3s"], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
-    let mut rows = json_lines(&dir.path().join("rows-00000-of-00001"));
+    let mut rows = json_outputs(dir.path(), "rows");
     rows.sort_by_key(|r| {
         (
             r["start"].as_str().map(str::to_string),

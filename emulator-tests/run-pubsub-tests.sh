@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Pub/Sub end-to-end tests (emulator-tests/pubsub_emulator.rs, pubsub_bad_input_emulator.rs,
-# valve_emulator.rs, alarms_emulator.rs, drain_emulator.rs, routing_emulator.rs) against Google's
-# Pub/Sub emulator:
+# valve_emulator.rs, alarms_emulator.rs, drain_emulator.rs, routing_emulator.rs, files_emulator.rs)
+# against Google's Pub/Sub emulator:
 # starts it on a free port, runs the tests, stops it (also on failure).
 #
 #   bash emulator-tests/run-pubsub-tests.sh [extra cargo test args...]
@@ -28,4 +28,4 @@ log "emulator at $PUBSUB_EMULATOR_HOST"
 
 cd "$HERE/.."
 # The tests spawn several `sluice` processes each; two at a time keeps a 2-core machine responsive.
-cargo test --test pubsub_emulator --test pubsub_bad_input_emulator --test valve_emulator --test alarms_emulator --test drain_emulator --test routing_emulator "$@" -- --test-threads="${PUBSUB_TEST_THREADS:-2}"
+cargo test --test pubsub_emulator --test pubsub_bad_input_emulator --test valve_emulator --test alarms_emulator --test drain_emulator --test routing_emulator --test files_emulator "$@" -- --test-threads="${PUBSUB_TEST_THREADS:-2}"

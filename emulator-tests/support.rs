@@ -105,6 +105,26 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The committed files in `dir` whose names start with `stem-` (a file sink's outputs: on a
+/// stream `stem-N-…` or `stem-START-END-PANE-…`), sorted; temporary files are left out.
+pub fn output_names(dir: &Path, stem: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&format!("{stem}-")) && !n.ends_with(".inprogress"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every JSON line of [`output_names`]`(dir, stem)`, file after file.
+pub fn json_outputs(dir: &Path, stem: &str) -> Vec<Value> {
+    output_names(dir, stem)
+        .iter()
+        .flat_map(|n| json_lines(&dir.join(n)))
+        .collect()
+}
+
 /// A webhook receiver on a loopback port that keeps every JSON body posted to `/hook`; returns
 /// its URL and the bodies.
 pub async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {

@@ -70,7 +70,7 @@ p.yaml:27:14: `LoopB` is part of an input cycle (LoopA → LoopB)
 p.yaml:29:14: `Keep` has no output named `missing`
   hint: its outputs are: errors
 p.yaml:32:9: unknown key `compresion` in `WriteToJson` config
-  hint: expected one of: path, num_shards";
+  hint: expected one of: path, num_shards, max_file_rows, max_file_age";
     assert_eq!(diagnostics(text), expected);
 }
 
@@ -250,4 +250,38 @@ fn deduplicate_by_message_id_needs_pubsub_rows() {
         diagnostics(&dedup_pipeline(PUBSUB, "", "{by: [], within: 10m}")),
         "p.yaml:11:15: `Deduplicate`'s `by` is empty\n  hint: name the fields that identify a duplicate, or leave `by` out to deduplicate by the source's message id (Pub/Sub message_id or id_attribute)"
     );
+}
+
+#[test]
+fn file_sink_roll_keys_are_checked_with_positions() {
+    let text = "\
+pipeline:
+  transforms:
+    - type: Create
+      name: Rows
+      config:
+        elements: [{a: 1}]
+    - type: WriteToCsv
+      input: Rows
+      config:
+        path: out
+        max_file_rows: 0
+        max_file_age: 0s
+    - type: WriteToParquet
+      input: Rows
+      config:
+        path: out2
+        max_file_row: 10
+        max_file_age: soon
+";
+    let expected = "\
+p.yaml:11:24: `max_file_rows` must be at least 1
+  hint: the number of rows after which a file set is committed, e.g. 1000000
+p.yaml:12:23: `max_file_age` must be longer than 0
+  hint: how long a file set stays open after its first row, e.g. 5m
+p.yaml:17:9: unknown key `max_file_row` in `WriteToParquet` config
+  hint: did you mean `max_file_rows`?
+p.yaml:18:23: ";
+    let got = diagnostics(text);
+    assert!(got.starts_with(expected), "{got}");
 }

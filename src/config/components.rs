@@ -14,6 +14,12 @@ use super::yaml::{Located, MapReader, kind_of, pos_of, to_json};
 pub struct FileSink {
     pub path: Located<String>,
     pub num_shards: usize,
+    /// Sluice extension, unbounded input in the global window: a file set is committed once it
+    /// holds this many rows (default `io::streaming::DEFAULT_MAX_FILE_ROWS`).
+    pub max_file_rows: Option<u64>,
+    /// Sluice extension, unbounded input in the global window: a file set is committed this
+    /// long after its first row (default `io::streaming::DEFAULT_MAX_FILE_AGE`).
+    pub max_file_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -226,7 +232,7 @@ pub fn parse_config(
             })
         }
         "WriteToJson" | "WriteToParquet" => {
-            let mut r = reader!(&["path", "num_shards"]);
+            let mut r = reader!(&["path", "num_shards", "max_file_rows", "max_file_age"]);
             let sink = file_sink(&mut r, rep);
             r.finish(rep);
             match (t, sink) {
@@ -236,7 +242,13 @@ pub fn parse_config(
             }
         }
         "WriteToCsv" => {
-            let mut r = reader!(&["path", "num_shards", "delimiter"]);
+            let mut r = reader!(&[
+                "path",
+                "num_shards",
+                "delimiter",
+                "max_file_rows",
+                "max_file_age"
+            ]);
             let sink = file_sink(&mut r, rep);
             let delimiter = delimiter(&mut r, rep);
             r.finish(rep);
@@ -618,7 +630,32 @@ fn delimiter(r: &mut MapReader<'_>, rep: &mut Reporter) -> u8 {
 }
 
 fn file_sink(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<FileSink> {
-    let path = r.required_string("path", rep)?;
+    let path = r.required_string("path", rep);
     let num_shards = r.u64("num_shards", rep).unwrap_or(1).max(1) as usize;
-    Some(FileSink { path, num_shards })
+    let rows_pos = r.node("max_file_rows").map(pos_of);
+    let max_file_rows = r.u64("max_file_rows", rep);
+    if let (Some(0), Some(pos)) = (max_file_rows, rows_pos) {
+        rep.error(
+            pos,
+            "`max_file_rows` must be at least 1",
+            Some("the number of rows after which a file set is committed, e.g. 1000000".into()),
+        );
+    }
+    let age_pos = r.node("max_file_age").map(pos_of);
+    let max_file_age = r.duration("max_file_age", rep);
+    if let (Some(d), Some(pos)) = (max_file_age, age_pos)
+        && d.is_zero()
+    {
+        rep.error(
+            pos,
+            "`max_file_age` must be longer than 0",
+            Some("how long a file set stays open after its first row, e.g. 5m".into()),
+        );
+    }
+    Some(FileSink {
+        path: path?,
+        num_shards,
+        max_file_rows,
+        max_file_age,
+    })
 }

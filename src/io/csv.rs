@@ -13,10 +13,11 @@ use arrow::csv::writer::{Writer, WriterBuilder};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 
-use super::files::{FormatWriter, LineChunks, ShardedFiles, expand, forward};
+use super::files::{FormatWriter, LineChunks, expand, forward};
+use super::sink::{FileSinkSpec, WriteFiles};
 use crate::pipeline::operator::Element;
 use crate::pipeline::operator::{
-    END_OF_TIME, EngineError, ErrorRoute, Operator, Output, Source, SourceSink, StageStats,
+    END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink, StageStats,
 };
 use crate::record::{Batch, schema};
 
@@ -168,55 +169,16 @@ impl FormatWriter for CsvFile {
     }
 }
 
-pub struct WriteToCsv {
-    files: ShardedFiles,
-    stats: Arc<StageStats>,
-}
-
-impl WriteToCsv {
-    pub fn new(
-        name: &str,
-        path: &str,
-        shards: usize,
-        delimiter: u8,
-        stats: Arc<StageStats>,
-    ) -> Self {
-        let open = Box::new(
-            move |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
-                let writer = WriterBuilder::new()
-                    .with_header(true)
-                    .with_delimiter(delimiter)
-                    .build(w);
-                Ok(Box::new(CsvFile { writer }))
-            },
-        );
-        WriteToCsv {
-            files: ShardedFiles::new(name, path, shards, open, stats.sink().clone()),
-            stats,
-        }
-    }
-}
-
-#[async_trait]
-impl Operator for WriteToCsv {
-    async fn process(
-        &mut self,
-        _input: usize,
-        batch: Batch,
-        _out: &mut Output,
-    ) -> Result<(), EngineError> {
-        self.files.write(&batch.user_rows())?;
-        self.files.hold(batch.acks);
-        Ok(())
-    }
-
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
-        let written = self.files.finish()?;
-        self.stats
-            .outputs
-            .lock()
-            .expect("not poisoned")
-            .extend(written.iter().map(|p| p.display().to_string()));
-        Ok(())
-    }
+/// `WriteToCsv`: a header row, then the rows with `delimiter`.
+pub fn write_to_csv(spec: &FileSinkSpec<'_>, delimiter: u8, stats: Arc<StageStats>) -> WriteFiles {
+    let open = Arc::new(
+        move |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
+            let writer = WriterBuilder::new()
+                .with_header(true)
+                .with_delimiter(delimiter)
+                .build(w);
+            Ok(Box::new(CsvFile { writer }))
+        },
+    );
+    WriteFiles::new(spec, open, stats)
 }

@@ -128,19 +128,44 @@ pub trait FormatWriter: Send {
     fn finish(self: Box<Self>) -> Result<(), String>;
 }
 
-/// Opens a format writer on a file.
+/// Opens a format writer on a file. Shared by every file set a streaming sink opens.
 pub type OpenWriter =
     dyn Fn(BufWriter<File>) -> Result<Box<dyn FormatWriter>, String> + Send + Sync;
 
-/// Output files `PATH-SSSSS-of-NNNNN` (Beam's shard naming). Batches go round-robin to shards.
-/// Files are written under a temporary name and renamed when the sink ends, so a reader never
-/// sees a partial file and a rerun replaces the output instead of appending to it.
+/// What committing a file set produced: the paths now visible and the acknowledgement holds of
+/// the rows in them, for the caller to release (drop) once the commit is done.
+#[must_use = "the holds must be released after the commit"]
+pub struct Committed {
+    pub paths: Vec<PathBuf>,
+    pub holds: Vec<crate::record::AckToken>,
+}
+
+impl Committed {
+    pub fn empty() -> Self {
+        Committed {
+            paths: Vec::new(),
+            holds: Vec::new(),
+        }
+    }
+
+    pub fn extend(&mut self, other: Committed) {
+        self.paths.extend(other.paths);
+        self.holds.extend(other.holds);
+    }
+}
+
+/// One set of output files `PREFIX-SSSSS-of-NNNNN` (Beam's shard naming). Batches go round-robin
+/// to shards. Files are written under a temporary name and renamed by [`ShardedFiles::finish`],
+/// so a reader never sees a partial file and a rerun replaces the output instead of appending to
+/// it.
 pub struct ShardedFiles {
     transform: String,
     prefix: String,
     shards: Vec<Option<(PathBuf, Box<dyn FormatWriter>)>>,
     next: usize,
-    open: Box<OpenWriter>,
+    /// Rows written so far (over all shards).
+    rows: u64,
+    open: std::sync::Arc<OpenWriter>,
     /// Acknowledgement holds of the rows written so far: released only when the files are
     /// complete (renamed), since before that the rows are not durably visible.
     held: Vec<crate::record::AckToken>,
@@ -154,7 +179,7 @@ impl ShardedFiles {
         transform: &str,
         prefix: &str,
         num_shards: usize,
-        open: Box<OpenWriter>,
+        open: std::sync::Arc<OpenWriter>,
         stats: std::sync::Arc<SinkStats>,
     ) -> Self {
         ShardedFiles {
@@ -162,6 +187,7 @@ impl ShardedFiles {
             prefix: prefix.to_string(),
             shards: (0..num_shards.max(1)).map(|_| None).collect(),
             next: 0,
+            rows: 0,
             open,
             held: Vec::new(),
             stats,
@@ -212,20 +238,24 @@ impl ShardedFiles {
         Ok(())
     }
 
-    /// Keeps `acks` until [`ShardedFiles::finish`] made the written rows visible.
+    /// Keeps `acks` until [`ShardedFiles::finish`] made the written rows visible. (Clones of one
+    /// hold may be kept several times: releasing them is dropping them.)
     pub fn hold(&mut self, acks: Vec<crate::record::AckToken>) {
-        for a in acks {
-            if !self.held.iter().any(|h| std::sync::Arc::ptr_eq(h, &a)) {
-                self.held.push(a);
-            }
-        }
+        self.held.extend(acks);
+    }
+
+    /// Rows written to this set so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 
     pub fn write(&mut self, rows: &RecordBatch) -> Result<(), EngineError> {
         if rows.num_rows() == 0 {
             return Ok(());
         }
-        self.timed(|files| files.write_shard(rows))
+        self.timed(|files| files.write_shard(rows))?;
+        self.rows += rows.num_rows() as u64;
+        Ok(())
     }
 
     fn write_shard(&mut self, rows: &RecordBatch) -> Result<(), EngineError> {
@@ -240,9 +270,31 @@ impl ShardedFiles {
         })
     }
 
-    /// Finishes every shard (empty shards become empty files) and returns the paths written.
-    pub fn finish(&mut self) -> Result<Vec<PathBuf>, EngineError> {
-        self.timed(Self::finish_shards)
+    /// Finishes every shard (empty shards become empty files: each flushed and fsynced), renames
+    /// them to their final names, and hands back the paths and the holds of their rows.
+    ///
+    /// # Errors
+    /// A write, flush or rename failed; the holds stay here (and are released as not written
+    /// when the failed run drops the sink).
+    pub fn finish(&mut self) -> Result<Committed, EngineError> {
+        let paths = self.timed(Self::finish_shards)?;
+        Ok(Committed {
+            paths,
+            holds: std::mem::take(&mut self.held),
+        })
+    }
+
+    /// Gives up this set: removes its temporary files and hands back the holds of its rows, to
+    /// be released as not written ([`crate::record::abandon`]).
+    pub fn discard(&mut self) -> Vec<crate::record::AckToken> {
+        for (path, writer) in self.shards.iter_mut().filter_map(Option::take) {
+            drop(writer);
+            let tmp = tmp_path(&path);
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %e, "Cannot remove an abandoned file");
+            }
+        }
+        std::mem::take(&mut self.held)
     }
 
     fn finish_shards(&mut self) -> Result<Vec<PathBuf>, EngineError> {
@@ -255,7 +307,6 @@ impl ShardedFiles {
                 .map_err(|e| self.err(format!("cannot rename to {}: {e}", path.display())))?;
             written.push(path);
         }
-        self.held.clear();
         Ok(written)
     }
 }

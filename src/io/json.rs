@@ -9,9 +9,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::json::writer::{LineDelimited, Writer, WriterBuilder};
 use async_trait::async_trait;
 
-use super::files::{FormatWriter, LineChunks, ShardedFiles, expand, forward, report_bad};
+use super::files::{FormatWriter, LineChunks, expand, forward, report_bad};
+use super::sink::{FileSinkSpec, WriteFiles};
 use crate::pipeline::operator::{
-    END_OF_TIME, EngineError, ErrorRoute, Operator, Output, Source, SourceSink, StageStats,
+    END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink, StageStats,
 };
 use crate::record::{Batch, json, schema};
 
@@ -122,48 +123,15 @@ impl FormatWriter for JsonLines {
     }
 }
 
-pub struct WriteToJson {
-    files: ShardedFiles,
-    stats: Arc<StageStats>,
-}
-
-impl WriteToJson {
-    pub fn new(name: &str, path: &str, shards: usize, stats: Arc<StageStats>) -> Self {
-        let open = Box::new(
-            |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
-                let writer = WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, LineDelimited>(w);
-                Ok(Box::new(JsonLines { writer }))
-            },
-        );
-        WriteToJson {
-            files: ShardedFiles::new(name, path, shards, open, stats.sink().clone()),
-            stats,
-        }
-    }
-}
-
-#[async_trait]
-impl Operator for WriteToJson {
-    async fn process(
-        &mut self,
-        _input: usize,
-        batch: Batch,
-        _out: &mut Output,
-    ) -> Result<(), EngineError> {
-        self.files.write(&batch.user_rows())?;
-        self.files.hold(batch.acks);
-        Ok(())
-    }
-
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
-        let written = self.files.finish()?;
-        self.stats
-            .outputs
-            .lock()
-            .expect("not poisoned")
-            .extend(written.iter().map(|p| p.display().to_string()));
-        Ok(())
-    }
+/// `WriteToJson`: JSON Lines with explicit nulls, keys in schema order.
+pub fn write_to_json(spec: &FileSinkSpec<'_>, stats: Arc<StageStats>) -> WriteFiles {
+    let open = Arc::new(
+        |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
+            let writer = WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(w);
+            Ok(Box::new(JsonLines { writer }))
+        },
+    );
+    WriteFiles::new(spec, open, stats)
 }

@@ -4,3 +4,5 @@ pub mod csv;
 pub mod files;
 pub mod json;
 pub mod parquet;
+pub mod sink;
+pub mod streaming;

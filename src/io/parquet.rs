@@ -11,10 +11,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::files::{FormatWriter, ShardedFiles, expand};
-use crate::pipeline::operator::{
-    END_OF_TIME, EngineError, Operator, Output, Source, SourceSink, StageStats,
-};
+use super::files::{FormatWriter, expand};
+use super::sink::{FileSinkSpec, WriteFiles};
+use crate::pipeline::operator::{END_OF_TIME, EngineError, Source, SourceSink, StageStats};
 use crate::record::Batch;
 
 pub struct ReadFromParquet {
@@ -94,48 +93,15 @@ impl FormatWriter for ParquetFile {
     }
 }
 
-pub struct WriteToParquet {
-    files: ShardedFiles,
-    stats: Arc<StageStats>,
-}
-
-impl WriteToParquet {
-    pub fn new(name: &str, path: &str, shards: usize, stats: Arc<StageStats>) -> Self {
-        let open = Box::new(
-            |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
-                Ok(Box::new(ParquetFile {
-                    writer: None,
-                    out: Some(w),
-                }))
-            },
-        );
-        WriteToParquet {
-            files: ShardedFiles::new(name, path, shards, open, stats.sink().clone()),
-            stats,
-        }
-    }
-}
-
-#[async_trait]
-impl Operator for WriteToParquet {
-    async fn process(
-        &mut self,
-        _input: usize,
-        batch: Batch,
-        _out: &mut Output,
-    ) -> Result<(), EngineError> {
-        self.files.write(&batch.user_rows())?;
-        self.files.hold(batch.acks);
-        Ok(())
-    }
-
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
-        let written = self.files.finish()?;
-        self.stats
-            .outputs
-            .lock()
-            .expect("not poisoned")
-            .extend(written.iter().map(|p| p.display().to_string()));
-        Ok(())
-    }
+/// `WriteToParquet`: zstd-compressed Parquet, the schema of the first batch.
+pub fn write_to_parquet(spec: &FileSinkSpec<'_>, stats: Arc<StageStats>) -> WriteFiles {
+    let open = Arc::new(
+        |w: BufWriter<File>| -> Result<Box<dyn FormatWriter>, String> {
+            Ok(Box::new(ParquetFile {
+                writer: None,
+                out: Some(w),
+            }))
+        },
+    );
+    WriteFiles::new(spec, open, stats)
 }

@@ -132,20 +132,15 @@ pub fn build(
                     batch_size,
                 }))
             }
-            TransformConfig::WriteToJson(s) => Stage::Operator(Box::new(
-                io::json::WriteToJson::new(name, &s.path.value, s.num_shards, st.clone()),
+            TransformConfig::WriteToJson(s) => Stage::Operator(Box::new(io::json::write_to_json(
+                &file_sink(spec, graph, node, s),
+                st.clone(),
+            ))),
+            TransformConfig::WriteToCsv { sink, delimiter } => Stage::Operator(Box::new(
+                io::csv::write_to_csv(&file_sink(spec, graph, node, sink), *delimiter, st.clone()),
             )),
-            TransformConfig::WriteToCsv { sink, delimiter } => {
-                Stage::Operator(Box::new(io::csv::WriteToCsv::new(
-                    name,
-                    &sink.path.value,
-                    sink.num_shards,
-                    *delimiter,
-                    st.clone(),
-                )))
-            }
             TransformConfig::WriteToParquet(s) => Stage::Operator(Box::new(
-                io::parquet::WriteToParquet::new(name, &s.path.value, s.num_shards, st.clone()),
+                io::parquet::write_to_parquet(&file_sink(spec, graph, node, s), st.clone()),
             )),
             TransformConfig::WriteToPostgres(c) => Stage::Operator(Box::new(
                 sinks::postgres::WriteToPostgres::new(name, c.clone(), errors, st.clone()),
@@ -343,5 +338,38 @@ impl super::operator::Operator for Capture {
     ) -> Result<(), EngineError> {
         self.0.lock().expect("not poisoned").push(batch.rows);
         Ok(())
+    }
+}
+
+/// A file sink's naming and roll policy: streaming (files committed as windows end or sets fill)
+/// when its input is unbounded, or the pipeline says `options.streaming: true`.
+fn file_sink<'a>(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    node: &'a super::graph::Node,
+    sink: &'a crate::config::components::FileSink,
+) -> io::sink::FileSinkSpec<'a> {
+    let index = graph
+        .nodes
+        .iter()
+        .position(|n| std::ptr::eq(n, node))
+        .expect("the node is in the graph");
+    let unbounded = spec.options.streaming == Some(true)
+        || graph.upstream_sources(index).into_iter().any(|s| {
+            !super::graph::is_bounded_source(&spec.transforms[graph.nodes[s].spec].config)
+        });
+    io::sink::FileSinkSpec {
+        transform: &node.name,
+        path: &sink.path.value,
+        num_shards: sink.num_shards,
+        streaming: unbounded.then(|| io::streaming::StreamPolicy {
+            kind: node.windowing.kind,
+            max_file_rows: sink
+                .max_file_rows
+                .unwrap_or(io::streaming::DEFAULT_MAX_FILE_ROWS),
+            max_file_age: sink
+                .max_file_age
+                .unwrap_or(io::streaming::DEFAULT_MAX_FILE_AGE),
+        }),
     }
 }

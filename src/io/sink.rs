@@ -1,0 +1,195 @@
+//! The file sink operator shared by `WriteToJson`, `WriteToCsv` and `WriteToParquet`: the
+//! format is only the writer it opens.
+//!
+//! On bounded input it writes one file set, committed when the input ends (Beam's batch
+//! naming, `PATH-SSSSS-of-NNNNN`). On unbounded input ([`super::streaming`]) it commits files as
+//! windows end or sets fill, and releases the acknowledgement holds of a file's rows right after
+//! the file was renamed into place.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::files::{Committed, OpenWriter, ShardedFiles};
+use super::streaming::{StreamFiles, StreamPolicy};
+use crate::pipeline::operator::{EngineError, EventTime, Operator, Output, StageStats};
+use crate::record::Batch;
+
+/// Where and how a file sink writes (from its config and the graph).
+pub struct FileSinkSpec<'a> {
+    pub transform: &'a str,
+    pub path: &'a str,
+    pub num_shards: usize,
+    /// Set when the sink's input is unbounded.
+    pub streaming: Option<StreamPolicy>,
+}
+
+pub struct WriteFiles {
+    transform: String,
+    mode: Mode,
+    stats: Arc<StageStats>,
+    /// Streaming sinks list their output as a pattern once, not every file of a long run.
+    listed: bool,
+    path: String,
+}
+
+enum Mode {
+    Bounded(ShardedFiles),
+    /// `None` only while a blocking call has it, or after that call panicked.
+    Streaming(Option<Box<StreamFiles>>),
+}
+
+impl WriteFiles {
+    pub fn new(spec: &FileSinkSpec<'_>, open: Arc<OpenWriter>, stats: Arc<StageStats>) -> Self {
+        let sink_stats = stats.sink().clone();
+        let mode = match spec.streaming {
+            None => Mode::Bounded(ShardedFiles::new(
+                spec.transform,
+                spec.path,
+                spec.num_shards,
+                open,
+                sink_stats,
+            )),
+            Some(policy) => Mode::Streaming(Some(Box::new(StreamFiles::new(
+                spec.transform,
+                spec.path,
+                spec.num_shards,
+                open,
+                sink_stats,
+                policy,
+            )))),
+        };
+        WriteFiles {
+            transform: spec.transform.to_string(),
+            mode,
+            stats,
+            listed: false,
+            path: spec.path.to_string(),
+        }
+    }
+
+    /// Runs `f` on the streaming state on tokio's blocking pool, then releases the holds of
+    /// what it committed (after the renames: this is where the input is acknowledged).
+    async fn blocking<F>(&mut self, f: F) -> Result<(), EngineError>
+    where
+        F: FnOnce(&mut StreamFiles) -> Result<Committed, EngineError> + Send + 'static,
+    {
+        self.blocking_with(move |files| f(files).map(|c| (c, ())))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`WriteFiles::blocking`] for an `f` that also returns a value.
+    async fn blocking_with<F, T>(&mut self, f: F) -> Result<Option<T>, EngineError>
+    where
+        F: FnOnce(&mut StreamFiles) -> Result<(Committed, T), EngineError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Mode::Streaming(slot) = &mut self.mode else {
+            return Ok(None);
+        };
+        let Some(mut files) = slot.take() else {
+            return Err(EngineError::internal(
+                &self.transform,
+                "the file sink's state was lost by an earlier failure",
+            ));
+        };
+        let (files, res) = tokio::task::spawn_blocking(move || {
+            let res = f(&mut files);
+            (files, res)
+        })
+        .await
+        .map_err(|e| EngineError::internal(&self.transform, format!("a file write failed: {e}")))?;
+        *slot = Some(files);
+        let (committed, value) = res?;
+        if !committed.paths.is_empty() {
+            tracing::debug!(
+                transform = %self.transform,
+                files = committed.paths.len(),
+                holds = committed.holds.len(),
+                "Committed files"
+            );
+            if !self.listed {
+                self.listed = true;
+                self.stats
+                    .outputs
+                    .lock()
+                    .expect("not poisoned")
+                    .push(format!("{}-*", self.path));
+            }
+        }
+        drop(committed.holds);
+        Ok(Some(value))
+    }
+}
+
+#[async_trait]
+impl Operator for WriteFiles {
+    async fn process(
+        &mut self,
+        _input: usize,
+        batch: Batch,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        match &mut self.mode {
+            Mode::Bounded(files) => {
+                files.write(&batch.user_rows())?;
+                files.hold(batch.acks);
+                Ok(())
+            }
+            Mode::Streaming(_) => {
+                let now = tokio::time::Instant::now().into_std();
+                self.blocking(move |f| f.write(batch, now)).await
+            }
+        }
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        self.blocking(move |f| f.advance(watermark)).await
+    }
+
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        match &self.mode {
+            Mode::Streaming(Some(f)) => Some(f.tick_interval()),
+            _ => None,
+        }
+    }
+
+    async fn on_timer(
+        &mut self,
+        now: tokio::time::Instant,
+        _out: &mut Output,
+    ) -> Result<(), EngineError> {
+        let now = now.into_std();
+        self.blocking(move |f| f.tick(now)).await
+    }
+
+    async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
+        if matches!(self.mode, Mode::Bounded(_)) {
+            return self.on_end(out).await;
+        }
+        let abandoned = self.blocking_with(StreamFiles::keep_open).await?;
+        crate::record::abandon(&abandoned.unwrap_or_default());
+        Ok(())
+    }
+
+    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+        match &mut self.mode {
+            Mode::Bounded(files) => {
+                let committed = files.finish()?;
+                self.stats
+                    .outputs
+                    .lock()
+                    .expect("not poisoned")
+                    .extend(committed.paths.iter().map(|p| p.display().to_string()));
+                drop(committed.holds);
+                Ok(())
+            }
+            Mode::Streaming(_) => self.blocking(StreamFiles::finish).await,
+        }
+    }
+}
