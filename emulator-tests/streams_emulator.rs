@@ -80,7 +80,7 @@ fn bursts(events: &[Event], burst: usize) -> (Vec<Vec<Message>>, usize) {
             for e in block.iter().rev() {
                 msgs.push(message(e));
                 let i: usize = e.id[1..].parse().expect("numbered");
-                if i % 40 == 0 {
+                if i.is_multiple_of(40) {
                     msgs.push(message(e));
                     copies += 1;
                 } else if i % 40 == 20 {
