@@ -98,7 +98,7 @@ async fn invalid_utf8_message_fails_alone_and_its_bytes_round_trip() {
 
     let out = sluice(&["run", &p, "--until-idle", "3s"], &conn).await;
     assert!(out.status.success(), "{}", show(&out));
-    let written = json_lines(&dir.path().join("rows-00000-of-00001"));
+    let written = json_outputs(dir.path(), "rows");
     assert_eq!(ids_in(&written), vec![1, 2, 3, 4, 5], "{}", show(&out));
 
     let dead = rest_pull_messages(&conn, &id("dlq-sub")).await;
@@ -142,7 +142,7 @@ async fn oversized_dead_letter_is_published_truncated_with_its_size_and_hash() {
         .expect("the run ends")
         .expect("sluice runs");
     assert!(out.status.success(), "{}", show(&out));
-    let written = json_lines(&dir.path().join("rows-00000-of-00001"));
+    let written = json_outputs(dir.path(), "rows");
     assert_eq!(ids_in(&written), vec![1, 2]);
 
     let dead = rest_pull_messages(&conn, &id("dlq-sub")).await;
