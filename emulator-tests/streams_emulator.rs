@@ -97,10 +97,41 @@ fn bursts(events: &[Event], burst: usize) -> (Vec<Vec<Message>>, usize) {
     (out, copies)
 }
 
+/// Publishes `msgs` in order, 8 at a time (each group confirmed before the next is sent), so
+/// they reach Pub/Sub out of order by at most a block of 8 (7 s of event time).
+async fn publish_in_order(conn: &Connection, topic: &str, msgs: Vec<Message>) {
+    let mut msgs = msgs.into_iter().peekable();
+    while msgs.peek().is_some() {
+        let group: Vec<Message> = msgs.by_ref().take(8).collect();
+        publish_all(conn, topic, group).await;
+    }
+}
+
+/// [`publish_in_order`], spread over time: a group of 8 every 80 ms.
+async fn publish_slowly(conn: &Connection, topic: &str, msgs: Vec<Message>) {
+    let mut msgs = msgs.into_iter().peekable();
+    while msgs.peek().is_some() {
+        let group: Vec<Message> = msgs.by_ref().take(8).collect();
+        publish_all(conn, topic, group).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+}
+
 /// Per-minute counts by recipe from the payload's event time (the watermark trails it by 5 min:
 /// the bursts' disorder), upserted into Postgres. With `state` (an `options.state` value) the
 /// windows are checkpointed. Default window settings: discarding, no allowed lateness.
 fn pipeline(name: &str, subscription: &str, table: &str, state: Option<&str>) -> String {
+    pipeline_with_delay(name, subscription, table, state, "5m")
+}
+
+/// [`pipeline`] with another `max_delay`.
+fn pipeline_with_delay(
+    name: &str,
+    subscription: &str,
+    table: &str,
+    state: Option<&str>,
+    max_delay: &str,
+) -> String {
     let options = match state {
         Some(s) => format!("options:\n  name: {name}\n  state: {s}\n"),
         None => format!("options:\n  name: {name}\n"),
@@ -126,7 +157,7 @@ fn pipeline(name: &str, subscription: &str, table: &str, state: Option<&str>) ->
       input: Read
       config:
         timestamp: ts
-        watermark: {{max_delay: 5m}}
+        watermark: {{max_delay: {max_delay}}}
     - type: Combine
       name: PerMinute
       input: EventTime
@@ -480,8 +511,9 @@ fn worker(
 }
 
 /// Default window settings (discarding, no lateness) with Postgres state: workers SIGKILLed at
-/// random points while bursts with retries arrive; the upserted minutes are exact, because a
-/// restarted worker holds the watermark until what its predecessor had pulled came back.
+/// random points (2–16 s) while bursts of 400 events with retries arrive; the upserted minutes
+/// are exact, because a restarted worker holds the watermark until what its predecessor had
+/// pulled came back.
 #[tokio::test]
 async fn sigkills_with_default_window_settings_give_exact_minutes() {
     let Some(conn) = emulator() else { return };
@@ -492,23 +524,34 @@ async fn sigkills_with_default_window_settings_give_exact_minutes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = format!("{{backend: postgres, path: '{PG}', checkpoint_interval: 300ms}}");
     let name = format!("killed{}", std::process::id());
+    // In order within 7 s and `max_delay: 10s`: after a restart, the burst published since the
+    // kill is minutes of event time ahead of what the killed worker had pulled, which comes back
+    // only when its 10 s leases lapse. Without the restart hold those minutes would close first.
     let file = write_pipeline(
         dir.path(),
-        &pipeline(&name, &subscription, &table, Some(&state)),
+        &pipeline_with_delay(&name, &subscription, &table, Some(&state), "10s"),
     );
     let all = events(2400);
-    let (sends, _) = bursts(&all, 200);
+    let (sends, _) = bursts(&all, 400);
     let seed = seed();
     eprintln!("kill schedule seed: SLUICE_FAULT_SEED={seed}");
     let mut rng = Rng(seed);
     for (i, burst) in sends.into_iter().enumerate() {
-        publish_all(&conn, &topic, burst).await;
+        // A worker reads a burst as it is published (over about 4 s) and is killed at a random
+        // point, often in the middle of it: what it held comes back only when its 10 s leases
+        // lapse, while the rest of the burst, minutes of event time ahead, is there at once for
+        // the next worker.
         let log = dir.path().join(format!("run-{i}.log"));
         let mut child = worker(&conn, &file, &[], &log);
-        tokio::time::sleep(rng.between(500, 4_000)).await;
+        let publishing = {
+            let (conn, topic) = (conn.clone(), topic.clone());
+            tokio::spawn(async move { publish_slowly(&conn, &topic, burst).await })
+        };
+        tokio::time::sleep(rng.between(500, 14_000)).await;
         child.start_kill().expect("SIGKILL");
         let status = child.wait().await.expect("wait");
         assert!(!status.success(), "killed run {i} had already exited");
+        publishing.await.expect("published");
     }
     // The last run reads what is left (redeliveries once the 10 s leases lapse) and drains.
     let out = sluice(&["run", &file, "--until-idle", "25s"], &conn).await;
@@ -537,7 +580,7 @@ async fn a_second_replica_stands_by_and_takes_over_exactly() {
     let name = format!("replicas{}", std::process::id());
     let file = write_pipeline(
         dir.path(),
-        &pipeline(&name, &subscription, &table, Some(&state)),
+        &pipeline_with_delay(&name, &subscription, &table, Some(&state), "10s"),
     );
     let (mut first, first_base) = replica(&conn, &file, &[], "pod-a");
     eventually(
@@ -560,7 +603,7 @@ async fn a_second_replica_stands_by_and_takes_over_exactly() {
     let (sends, _) = bursts(&all, 200);
     let half = sends.len() / 2;
     for burst in &sends[..half] {
-        publish_all(&conn, &topic, burst.clone()).await;
+        publish_in_order(&conn, &topic, burst.clone()).await;
     }
     eventually(
         "the active replica pulled",
@@ -576,7 +619,7 @@ async fn a_second_replica_stands_by_and_takes_over_exactly() {
     first.start_kill().expect("SIGKILL");
     first.wait().await.expect("wait");
     for burst in &sends[half..] {
-        publish_all(&conn, &topic, burst.clone()).await;
+        publish_in_order(&conn, &topic, burst.clone()).await;
     }
     eventually(
         "the second replica took over",

@@ -30,6 +30,11 @@ use crate::transforms::window::combine::durable::retry;
 /// How often an idle source wakes to check for stop requests, idleness and `--until-idle`.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long after a dead worker's leases ran out its messages are surely redelivered to a
+/// live subscriber with room under flow control (the emulator and the service send them with
+/// the next streaming-pull response, within a second here).
+const REDELIVERY_MARGIN: Duration = Duration::from_secs(5);
+
 /// Upper bound on waiting for the last acknowledgements at the end of a run (they normally take
 /// one round trip; a lost connection must not keep the process alive forever).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,9 +58,12 @@ struct DurableIds {
     store: Arc<dyn StateStore>,
     namespace: String,
     /// Ids pulled by the previous worker and not acknowledged: the watermark is held until
-    /// they came back, or until `hold_until`.
+    /// they came back and `hold_at_least` passed, or until `hold_until`.
     expected: Expected,
     hold_until: Option<Instant>,
+    /// When every lease of the previous worker has run out (its messages are redelivered by
+    /// then, also those it had pulled but not yet emitted, which the ledger does not know).
+    hold_at_least: Option<Instant>,
 }
 
 impl ReadFromPubSub {
@@ -94,6 +102,7 @@ impl ReadFromPubSub {
             namespace: format!("{pipeline}/{}", self.name),
             expected: Expected::default(),
             hold_until: None,
+            hold_at_least: None,
         });
         self
     }
@@ -140,17 +149,22 @@ impl ReadFromPubSub {
             .await?;
         }
         if !expected.is_empty() {
-            // The predecessor's leases run out within `lease_extension` of its death; then the
-            // server redelivers. Twice that, plus a margin, before giving up on the rest.
-            let wait = self.cfg.flow_control.lease_extension * 2 + Duration::from_secs(10);
+            // The predecessor died with messages in flight. Its leases run out within
+            // `lease_extension` of its death, then the server redelivers them: hold at least
+            // that long (plus a margin for the redelivery), so that also what it had pulled but
+            // not yet emitted (in the client's buffers: not in the ledger) comes back first;
+            // give up on ids still missing after twice that (acknowledged after all).
+            let lease = self.cfg.flow_control.lease_extension;
+            let now = Instant::now();
             tracing::info!(
                 transform = %self.name,
                 messages = expected.len(),
-                wait = ?wait,
+                at_least = ?(lease + REDELIVERY_MARGIN),
                 "Holding the watermark until the messages pulled before the restart come back"
             );
             d.expected = Expected::new(expected);
-            d.hold_until = Some(Instant::now() + wait);
+            d.hold_at_least = Some(now + lease + REDELIVERY_MARGIN);
+            d.hold_until = Some(now + lease * 2 + REDELIVERY_MARGIN * 2);
             sink.hold(true).await?;
         }
         Ok(())
@@ -165,6 +179,9 @@ impl ReadFromPubSub {
         let Some(until) = d.hold_until else {
             return Ok(());
         };
+        if d.hold_at_least.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
         if !d.expected.is_empty() {
             if Instant::now() < until {
                 return Ok(());
@@ -179,6 +196,7 @@ impl ReadFromPubSub {
             tracing::info!(transform = %self.name, "Every message pulled before the restart came back: releasing the watermark");
         }
         d.hold_until = None;
+        d.hold_at_least = None;
         sink.hold(false).await
     }
 
