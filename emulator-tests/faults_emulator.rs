@@ -15,9 +15,7 @@ use std::time::Duration;
 use google_cloud_pubsub::model::Message;
 use sluice::pubsub::Connection;
 use support::*;
-use tokio_postgres::NoTls;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// One recipe event of the harness input.
 #[derive(Clone)]
@@ -155,12 +153,6 @@ fn read_events(subscription: &str) -> String {
     )
 }
 
-async fn pg() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(PG, NoTls).await.expect("postgres");
-    tokio::spawn(conn);
-    client
-}
-
 /// The final rows of `table` as totals.
 async fn stored(table: &str) -> Totals {
     let rows = pg()
@@ -176,71 +168,6 @@ async fn stored(table: &str) -> Totals {
     rows.iter()
         .map(|r| ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4))))
         .collect()
-}
-
-async fn drop_table(table: &str) {
-    pg().await
-        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
-        .await
-        .expect("drop table");
-}
-
-/// A small deterministic generator for the kill schedule (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn between(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        Duration::from_millis(lo_ms + r % (hi_ms - lo_ms).max(1))
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("SLUICE_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 | 1)
-        })
-}
-
-/// Starts `sluice run FILE` with its log in `log` (read after the kill: a pipe nobody reads
-/// could fill up and stall the worker).
-fn spawn_worker(conn: &Connection, file: &str, log: &std::path::Path) -> tokio::process::Child {
-    let log = std::fs::File::create(log).expect("log file");
-    sluice_command(&["run", file], conn)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sluice starts")
-}
-
-/// Fails with the entries that differ (not two whole maps).
-fn assert_totals(got: &Totals, want: &Totals, context: &str) {
-    let mut diff = Vec::new();
-    for (k, w) in want {
-        if got.get(k) != Some(w) {
-            diff.push(format!("{k:?}: got {:?}, want {w:?}", got.get(k)));
-        }
-    }
-    for (k, g) in got {
-        if !want.contains_key(k) {
-            diff.push(format!("{k:?}: got {g:?}, want nothing"));
-        }
-    }
-    assert!(
-        diff.is_empty(),
-        "{context}: {} of {} rows differ, e.g.\n{}",
-        diff.len(),
-        want.len(),
-        diff.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
-    );
 }
 
 /// Runs the pipeline until it has been idle for `idle`; the run must succeed.
@@ -279,7 +206,7 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
             publish_all(&conn, &input, chunks[i - 1].iter().map(message).collect()).await;
         }
         let log = dir.path().join(format!("run-{i}.log"));
-        let mut child = spawn_worker(&conn, &file, &log);
+        let mut child = worker(&conn, &file, &[], &log);
         let after = rng.between(300, 4_000);
         tokio::time::sleep(after).await;
         child.start_kill().expect("SIGKILL");
@@ -419,7 +346,7 @@ async fn sharded_totals(conn: &Connection, workers: usize, all: &[Event]) -> Tot
         runs.push(run_in_background(conn, owner, "25s"));
     }
     // A router dies after publishing part of its share; the others and its restart go on.
-    let victim = spawn_worker(conn, &router, &dir.path().join("victim.log"));
+    let victim = worker(conn, &router, &[], &dir.path().join("victim.log"));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mut victim = victim;
     victim.start_kill().expect("SIGKILL");

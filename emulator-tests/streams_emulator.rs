@@ -15,9 +15,7 @@ use std::time::Duration;
 use google_cloud_pubsub::model::Message;
 use sluice::pubsub::Connection;
 use support::*;
-use tokio_postgres::NoTls;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const REDIS: &str = "redis://127.0.0.1:6379/";
 const MIN: i64 = 60_000;
 
@@ -182,12 +180,6 @@ fn pipeline_with_delay(
     )
 }
 
-async fn pg() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(PG, NoTls).await.expect("postgres");
-    tokio::spawn(conn);
-    client
-}
-
 /// The rows of `table` as totals (empty when the table does not exist yet).
 async fn stored(table: &str) -> Totals {
     let Ok(rows) = pg()
@@ -205,35 +197,6 @@ async fn stored(table: &str) -> Totals {
     rows.iter()
         .map(|r| ((r.get(0), r.get(1)), r.get(2)))
         .collect()
-}
-
-async fn drop_table(table: &str) {
-    pg().await
-        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
-        .await
-        .expect("drop table");
-}
-
-/// Fails with the entries that differ (not two whole maps).
-fn assert_totals(got: &Totals, want: &Totals, context: &str) {
-    let mut diff = Vec::new();
-    for (k, w) in want {
-        if got.get(k) != Some(w) {
-            diff.push(format!("{k:?}: got {:?}, want {w}", got.get(k)));
-        }
-    }
-    for (k, g) in got {
-        if !want.contains_key(k) {
-            diff.push(format!("{k:?}: got {g}, want nothing"));
-        }
-    }
-    assert!(
-        diff.is_empty(),
-        "{context}: {} of {} rows differ, e.g.\n{}",
-        diff.len(),
-        want.len(),
-        diff.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
-    );
 }
 
 /// Creates the input topic and subscription (10 s ack deadline) of test `id`.
@@ -466,48 +429,6 @@ async fn a_valve_judging_several_minutes_in_one_step_releases_what_passed() {
     want.extend(expected(&ahead));
     assert_totals(&stored(&table).await, &want, "valve");
     drop_table(&table).await;
-}
-
-/// A small deterministic generator for kill points (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn between(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        Duration::from_millis(lo_ms + r % (hi_ms - lo_ms).max(1))
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("SLUICE_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 | 1)
-        })
-}
-
-/// Starts `sluice run FILE [extra]` with its log in `log`.
-fn worker(
-    conn: &Connection,
-    file: &str,
-    extra: &[&str],
-    log: &std::path::Path,
-) -> tokio::process::Child {
-    let log = std::fs::File::create(log).expect("log file");
-    let mut args = vec!["run", file];
-    args.extend_from_slice(extra);
-    sluice_command(&args, conn)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sluice starts")
 }
 
 /// Default window settings (discarding, no lateness) with Postgres state: workers SIGKILLed at

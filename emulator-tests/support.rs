@@ -368,3 +368,88 @@ pub async fn publish_all(conn: &Connection, to: &str, messages: Vec<Message>) ->
     }
     ids
 }
+
+// --- Postgres sinks and fault schedules (faults_emulator.rs, streams_emulator.rs) ---
+
+/// The machine's Postgres, database `test` (emulator-tests/run-stores-tests.sh starts it).
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("postgres");
+    tokio::spawn(conn);
+    client
+}
+
+pub async fn drop_table(table: &str) {
+    pg().await
+        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .expect("drop table");
+}
+
+/// A small deterministic generator for kill schedules (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn between(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        Duration::from_millis(lo_ms + r % (hi_ms - lo_ms).max(1))
+    }
+}
+
+/// `SLUICE_FAULT_SEED`, or one from the clock (print it, so a schedule can be replayed).
+pub fn seed() -> u64 {
+    std::env::var("SLUICE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 | 1)
+        })
+}
+
+/// Starts `sluice run FILE [extra]` with its log in `log` (read after a kill: a pipe nobody
+/// reads could fill up and stall the worker).
+pub fn worker(conn: &Connection, file: &str, extra: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    let mut args = vec!["run", file];
+    args.extend_from_slice(extra);
+    sluice_command(&args, conn)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sluice starts")
+}
+
+/// Fails with the entries that differ (not two whole maps).
+pub fn assert_totals<K: std::fmt::Debug + Ord, V: std::fmt::Debug + PartialEq>(
+    got: &std::collections::BTreeMap<K, V>,
+    want: &std::collections::BTreeMap<K, V>,
+    context: &str,
+) {
+    let mut diff = Vec::new();
+    for (k, w) in want {
+        if got.get(k) != Some(w) {
+            diff.push(format!("{k:?}: got {:?}, want {w:?}", got.get(k)));
+        }
+    }
+    for (k, g) in got {
+        if !want.contains_key(k) {
+            diff.push(format!("{k:?}: got {g:?}, want nothing"));
+        }
+    }
+    assert!(
+        diff.is_empty(),
+        "{context}: {} of {} rows differ, e.g.\n{}",
+        diff.len(),
+        want.len(),
+        diff.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
