@@ -260,6 +260,26 @@ fn keep_that_is_not_boolean_is_refused_when_its_type_is_known() {
 p.yaml:14:15: `keep` of `Typed` must be a boolean expression, but it is type Int64
   hint: a Filter keeps the rows for which `keep` is true, e.g. `keep: amount > 0` (with `language: sql`) or a boolean field",
     );
+    // Through a MapToFields whose expressions have known types.
+    let mapped = format!(
+        "{CREATE}    - type: MapToFields
+      config:
+        language: sql
+        append: true
+        fields: {{doubled: n * 2, big: n > 1}}
+    - type: Filter
+      name: Big
+      config: {{keep: big}}
+    - type: Filter
+      name: Doubled
+      config: {{keep: doubled}}
+"
+    );
+    refused(
+        &mapped,
+        "p.yaml:17:22: `keep` of `Doubled` must be a boolean expression, but it is type Int64
+  hint: a Filter keeps the rows for which `keep` is true, e.g. `keep: amount > 0` (with `language: sql`) or a boolean field",
+    );
 }
 
 #[test]

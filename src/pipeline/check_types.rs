@@ -1,12 +1,13 @@
 //! `validate`'s type checks where types follow from the file alone: a `Filter`'s `keep` must be
 //! boolean. Its type is known for a literal, for an expression that reads no field, and for an
 //! expression over an input whose schema is declared (`Create` rows, a reader's `schema`, a
-//! `ReadFromPubSub` payload schema) and passed on unchanged by the transforms in between.
+//! `ReadFromPubSub` payload schema), passed on by the transforms in between (a `MapToFields`
+//! gives its fields the types of their expressions).
 //! Elsewhere the check happens at run time, with the expression's position.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::graph::{Edge, Graph};
 use crate::config::components::TransformConfig;
@@ -86,6 +87,31 @@ pub fn known_schema(
         TransformConfig::ReadFromPubSub(r) => crate::pubsub::decode::MessageDecoder::new(r)
             .ok()
             .map(|d| d.schema().clone()),
+        TransformConfig::MapToFields {
+            fields,
+            append,
+            drop,
+        } => {
+            let [one] = &from.inputs[..] else {
+                return None;
+            };
+            let input = known_schema(spec, graph, one, depth + 1)?;
+            let mut out: Vec<Field> = Vec::new();
+            if *append {
+                out.extend(
+                    input
+                        .fields()
+                        .iter()
+                        .filter(|f| !drop.iter().any(|d| &d.value == f.name()))
+                        .filter(|f| !fields.iter().any(|(n, _)| &n.value == f.name()))
+                        .map(|f| f.as_ref().clone()),
+                );
+            }
+            for (name, e) in fields {
+                out.push(Field::new(&name.value, expr_type(e, &input)?, true));
+            }
+            Some(Arc::new(Schema::new(out)))
+        }
         TransformConfig::Filter { .. }
         | TransformConfig::Deduplicate { .. }
         | TransformConfig::AssignTimestamps { .. }
