@@ -313,3 +313,38 @@ pipeline:
         )
     );
 }
+
+#[test]
+fn an_expression_too_deep_to_plan_is_refused_instead_of_overflowing_the_stack() {
+    let chain = format!("n{}", " + 1".repeat(600));
+    let text = format!(
+        "{CREATE}    - type: MapToFields
+      config:
+        language: sql
+        fields: {{x: \"{chain}\"}}
+"
+    );
+    refused(
+        &text,
+        "p.yaml:10:21: the expression nests more than 128 levels deep (in `MapToFields`)
+  hint: split it over several fields or transforms; a long chain of `OR`s comparing one field is `field IN (…)`",
+    );
+    // 120 levels plan and run.
+    let dir = pipeline(
+        format!(
+            "{CREATE}    - type: MapToFields
+      config:
+        language: sql
+        fields: {{x: \"n{}\"}}
+    - type: WriteToJson
+      config: {{path: out/rows}}
+",
+            " + 1".repeat(120)
+        )
+        .as_bytes(),
+    );
+    let (code, stdout, stderr) = sluice(&["run", "p.yaml"], dir.path());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let out = std::fs::read_to_string(dir.path().join("out/rows-00000-of-00001")).unwrap();
+    assert_eq!(out, "{\"x\":121}\n{\"x\":122}\n");
+}

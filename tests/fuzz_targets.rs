@@ -129,8 +129,18 @@ fn mutate(rng: &mut Rng, inputs: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Runs `target` on every corpus input and `MUTATIONS` mutants, reporting the first failure
-/// with the input (escaped) so it can be added to the corpus.
-fn exercise(name: &str, target: fn(&[u8]), seed: u64) {
+/// with the input (escaped) so it can be added to the corpus. On an 8 MiB stack, as the
+/// `sluice` binary's threads have (a test thread has 2 MiB).
+fn exercise(name: &'static str, target: fn(&[u8]), seed: u64) {
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || exercise_here(name, target, seed))
+        .unwrap()
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn exercise_here(name: &str, target: fn(&[u8]), seed: u64) {
     let inputs = corpus(name);
     let run = |label: &str, data: &[u8]| {
         if catch_unwind(AssertUnwindSafe(|| target(data))).is_err() {

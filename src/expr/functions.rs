@@ -110,14 +110,34 @@ fn unknown(name: &str) -> FunctionProblem {
     }
 }
 
+/// Deepest expression tree accepted (`a + b + c` is 3 deep). Planning and evaluation recurse
+/// per level: a left-deep chain of 500 additions overflowed the main thread's 8 MiB stack in a
+/// debug build. Generated predicates longer than this belong in `IN (…)` or a join.
+pub const MAX_EXPR_DEPTH: usize = 128;
+
 struct Calls {
     row: bool,
+    depth: usize,
 }
 
 impl Visitor for Calls {
     type Break = FunctionProblem;
 
+    fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<FunctionProblem> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<FunctionProblem> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH {
+            return ControlFlow::Break(FunctionProblem {
+                message: format!(
+                    "the expression nests more than {MAX_EXPR_DEPTH} levels deep"
+                ),
+                hint: "split it over several fields or transforms; a long chain of `OR`s comparing one field is `field IN (…)`".into(),
+            });
+        }
         let row_hint = "aggregate in a `Combine` (`group_by` + `combine: {total: {value: id, fn: sum}}`) or a `Sql` transform (`SELECT k, SUM(id) AS total FROM PCOLLECTION GROUP BY k`)";
         match expr {
             Expr::Function(f) => {
@@ -171,7 +191,10 @@ pub fn check_row_expr(sql: &str) -> Result<(), FunctionProblem> {
     else {
         return Ok(());
     };
-    match expr.visit(&mut Calls { row: true }) {
+    match expr.visit(&mut Calls {
+        row: true,
+        depth: 0,
+    }) {
         ControlFlow::Break(p) => Err(p),
         ControlFlow::Continue(()) => Ok(()),
     }
@@ -187,7 +210,10 @@ pub fn check_query(sql: &str) -> Result<(), FunctionProblem> {
     let Ok(statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
         return Ok(());
     };
-    match statements.visit(&mut Calls { row: false }) {
+    match statements.visit(&mut Calls {
+        row: false,
+        depth: 0,
+    }) {
         ControlFlow::Break(p) => Err(p),
         ControlFlow::Continue(()) => Ok(()),
     }
@@ -221,6 +247,19 @@ mod tests {
         ] {
             assert_eq!(check_row_expr(ok), Ok(()), "{ok}");
         }
+        // On the main thread's 8 MiB stack, as `validate` runs (a test thread has 2 MiB).
+        std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(|| {
+                let deep = format!("n{}", " + 1".repeat(10 * MAX_EXPR_DEPTH));
+                let p = check_row_expr(&deep).unwrap_err();
+                assert_eq!(p.message, "the expression nests more than 128 levels deep");
+                let fine = format!("n{}", " + 1".repeat(MAX_EXPR_DEPTH - 2));
+                assert_eq!(check_row_expr(&fine), Ok(()));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
         assert_eq!(
             check_query("SELECT k, SUM(id) FROM PCOLLECTION GROUP BY k"),
             Ok(())

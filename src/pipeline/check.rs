@@ -75,6 +75,7 @@ pub fn check_sql(spec: &PipelineSpec, graph: &Graph, rep: &mut Reporter) {
         }
         if let Err(p) = functions::check_query(&query.value) {
             rep.error(query.pos, p.message, Some(p.hint));
+            continue;
         }
         let info = match analysis::analyze(&query.value) {
             Ok(info) => info,
