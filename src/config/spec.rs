@@ -172,10 +172,15 @@ pub fn parse_into(
     let rendered = match template::render(file, source, vars) {
         Ok(r) => r,
         Err((line, msg)) => {
+            let hint = if msg.starts_with("undefined variable") {
+                "define variables with --var KEY=VALUE or in the environment"
+            } else {
+                "pipeline files are Jinja templates: fix the template, or write a literal `{{` as `{{ '{{' }}`"
+            };
             rep.error(
                 Pos { line, col: 1 },
                 format!("template error: {msg}"),
-                Some("define variables with --var KEY=VALUE or in the environment".into()),
+                Some(hint.into()),
             );
             return PipelineSpec::empty(file);
         }
