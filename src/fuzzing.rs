@@ -46,7 +46,8 @@ pub fn pipeline_loader(data: &[u8]) {
     };
     let spec = crate::config::spec::parse_into(file, text, &BTreeMap::new(), &mut rep);
     let graph = crate::pipeline::check_into(&spec, &mut rep);
-    let lines = text.lines().count() + 1;
+    // The end of input may be reported on the line after the last one.
+    let lines = crate::config::source::end_pos(text).line + 1;
     let templated = text.contains("{{") || text.contains("{%") || text.contains("{#");
     match rep.finish(()) {
         Ok(()) => {

@@ -127,14 +127,24 @@ pub fn check_controls(text: &str) -> Result<(), SourceError> {
     })
 }
 
-/// The 1-based position just after `prefix` (the position of the next character).
-fn end_pos(prefix: &str) -> Pos {
-    let line = prefix.matches('\n').count() + 1;
-    let last = prefix.rfind('\n').map_or(prefix, |i| &prefix[i + 1..]);
-    Pos {
-        line,
-        col: last.chars().count() + 1,
+/// The 1-based position just after `prefix` (the position of the next character). Lines end at
+/// LF, CR LF or a lone CR, as YAML (and the positions of its parser) count them.
+pub fn end_pos(prefix: &str) -> Pos {
+    let mut pos = Pos { line: 1, col: 1 };
+    let mut chars = prefix.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' | '\n' => {
+                pos = Pos {
+                    line: pos.line + 1,
+                    col: 1,
+                }
+            }
+            _ => pos.col += 1,
+        }
     }
+    pos
 }
 
 #[cfg(test)]
@@ -164,6 +174,11 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn lines_end_at_lf_crlf_and_lone_cr() {
+        assert_eq!(end_pos("a\r\nb\rc\nde"), Pos { line: 4, col: 3 });
     }
 
     #[test]
