@@ -157,13 +157,18 @@ pub async fn main(cli: Cli) -> u8 {
                 Err(e) if json => {
                     let mut fields = serde_json::Map::new();
                     fields.insert("error".into(), e.to_string().into());
+                    if let Some(pos) = config_position(&spec, &e) {
+                        fields.insert("file".into(), spec.file.clone().into());
+                        fields.insert("line".into(), pos.line.into());
+                        fields.insert("column".into(), pos.col.into());
+                    }
                     logging::write_entry(&Level::ERROR, "Pipeline failed", fields);
                     EXIT_FAILED
                 }
                 Err(e) => {
                     // An ERROR log line for log collectors, and the plain line for a terminal.
                     tracing::error!(error = %e, "Pipeline failed");
-                    eprintln!("sluice: pipeline failed: {e}");
+                    eprintln!("sluice: pipeline failed: {}", located(&spec, &e));
                     EXIT_FAILED
                 }
             }
@@ -176,6 +181,25 @@ pub async fn main(cli: Cli) -> u8 {
             }
         },
         Command::Demo { out } => crate::demo::run(&out).await,
+    }
+}
+
+/// Where in the pipeline file a run-time problem of the definition is: the expression's
+/// position when the error carries one, else the transform's.
+pub fn config_position(
+    spec: &PipelineSpec,
+    e: &pipeline::EngineError,
+) -> Option<crate::config::Pos> {
+    let (transform, at) = e.config_location()?;
+    at.or_else(|| spec.transform(transform).map(|t| t.pos))
+        .filter(|p| p.line > 0)
+}
+
+/// The error as `file:line:col: transform: message` when it is a problem of the definition.
+pub fn located(spec: &PipelineSpec, e: &pipeline::EngineError) -> String {
+    match config_position(spec, e) {
+        Some(pos) => format!("{}:{}:{}: {e}", spec.file, pos.line, pos.col),
+        None => e.to_string(),
     }
 }
 

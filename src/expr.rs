@@ -16,6 +16,8 @@ use crate::config::diag::did_you_mean;
 use crate::config::{ExprKind, ExprSpec};
 use crate::record::meta;
 
+pub mod functions;
+
 /// A compiled expression, valid for the schema it was compiled against.
 pub type Compiled = Arc<dyn PhysicalExpr>;
 
@@ -76,6 +78,7 @@ pub fn unknown_field(name: &str, schema: &SchemaRef) -> String {
 }
 
 fn compile_sql(sql: &str, schema: &SchemaRef) -> Result<Compiled, String> {
+    functions::check_row_expr(sql).map_err(|p| format!("{}; {}", p.message, p.hint))?;
     let ctx = SessionContext::new();
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
     let logical = ctx
@@ -85,10 +88,51 @@ fn compile_sql(sql: &str, schema: &SchemaRef) -> Result<Compiled, String> {
         .map_err(|e| clean(e.to_string()))
 }
 
-fn clean(msg: String) -> String {
-    msg.replace("Error during planning: ", "")
+/// Longest DataFusion message passed on to the user.
+const MAX_MESSAGE: usize = 300;
+
+/// DataFusion's message without its category prefixes, and without the Rust debug dump of a
+/// plan some messages end with (`… AggregateFunction(AggregateFunction { func: … })`), bounded to
+/// [`MAX_MESSAGE`] characters.
+pub fn clean(msg: String) -> String {
+    let msg = msg
+        .replace("Error during planning: ", "")
         .replace("Schema error: ", "")
         .replace("SQL error: ", "")
+        .replace("This feature is not implemented: ", "not supported: ");
+    let mut cut = msg.len();
+    if let Some(i) = debug_dump_start(&msg) {
+        cut = i;
+    }
+    let mut out: String = msg[..cut].trim_end().to_string();
+    if out.chars().count() > MAX_MESSAGE {
+        out = out.chars().take(MAX_MESSAGE).collect();
+    }
+    if out.len() < msg.trim_end().len() {
+        out.push_str(" …");
+    }
+    out
+}
+
+/// Where a Rust `Debug` rendering of a struct starts: `Name { ` or `Name(Name { `.
+fn debug_dump_start(msg: &str) -> Option<usize> {
+    let bytes = msg.as_bytes();
+    let mut i = 0;
+    while let Some(off) = msg[i..].find(" { ") {
+        let at = i + off;
+        let word_start = msg[..at]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '('))
+            .map_or(0, |p| p + 1);
+        let word = &msg[word_start..at];
+        if word.starts_with(|c: char| c.is_ascii_uppercase()) && !word.is_empty() {
+            return Some(word_start);
+        }
+        i = at + 1;
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    None
 }
 
 fn json_scalar(v: &serde_json::Value) -> Result<ScalarValue, String> {
@@ -226,6 +270,22 @@ mod tests {
         let err = compile(&spec, &b.schema()).err().unwrap();
         assert!(err.contains("did you mean `n`"), "{err}");
         assert!(compile(&sql("n +"), &b.schema()).is_err());
+    }
+
+    #[test]
+    fn aggregates_in_row_expressions_get_a_short_message() {
+        let b = batch();
+        let err = compile(&sql("sum(n)"), &b.schema()).err().unwrap();
+        assert_eq!(
+            err,
+            "`sum` is an aggregate function: it needs many rows, but this expression computes one value per row; aggregate in a `Combine` (`group_by` + `combine: {total: {value: id, fn: sum}}`) or a `Sql` transform (`SELECT k, SUM(id) AS total FROM PCOLLECTION GROUP BY k`)"
+        );
+        let dump = "This feature is not implemented: Physical plan does not support logical expression AggregateFunction(AggregateFunction { func: AggregateUDF { inner: Sum { signature: Signature { type_signature: UserDefined } } } })".to_string();
+        assert_eq!(
+            clean(dump),
+            "not supported: Physical plan does not support logical expression …"
+        );
+        assert_eq!(clean("x".repeat(1000)).chars().count(), MAX_MESSAGE + 2);
     }
 
     #[test]

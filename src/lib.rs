@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod expr;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod pipeline;

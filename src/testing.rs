@@ -119,7 +119,12 @@ async fn run_one(spec: &PipelineSpec, test: &TestSpec) -> Vec<String> {
     let captures =
         match crate::pipeline::execute(&spec, &graph, &overrides, RunControl::new(stop)).await {
             Ok((_, captures)) => captures,
-            Err(e) => return vec![format!("the pipeline failed: {e}")],
+            Err(e) => {
+                return vec![format!(
+                    "the pipeline failed: {}",
+                    crate::cli::located(&spec, &e)
+                )];
+            }
         };
     for (name, rows_expected) in expected {
         let actual: Vec<Value> = captures

@@ -84,7 +84,7 @@ fn template_and_yaml_errors_have_positions() {
     );
     let dup = diagnostics("pipeline:\n  transforms: []\npipeline: {}\n");
     assert!(
-        dup.starts_with("p.yaml:3:1: invalid YAML: Duplicate key"),
+        dup.starts_with("p.yaml:3:1: invalid YAML: duplicate key `pipeline` (first at line 1)"),
         "{dup}"
     );
     let yaml = diagnostics("pipeline:\n  transforms: [\n");
@@ -98,7 +98,7 @@ pipeline:
   type: chain
   source:
     type: Create
-    config: {elements: [{a: 1}]}
+    config: {elements: [{a: true}]}
   transforms:
     - type: Filter
       input: Create
@@ -124,7 +124,7 @@ fn unsupported_languages_and_windowing_keys_are_named() {
 pipeline:
   transforms:
     - type: Create
-      config: {elements: [{a: 1}]}
+      config: {elements: [{a: true}]}
     - type: Filter
       input: Create
       config:

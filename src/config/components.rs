@@ -14,6 +14,8 @@ use super::yaml::{Located, MapReader, kind_of, pos_of, to_json};
 pub struct FileSink {
     pub path: Located<String>,
     pub num_shards: usize,
+    /// Where `num_shards` was written (checked against `options.limits.max_shards`).
+    pub num_shards_pos: Option<Pos>,
     /// Sluice extension, unbounded input in the global window: a file set is committed once it
     /// holds this many rows (default `io::streaming::DEFAULT_MAX_FILE_ROWS`).
     pub max_file_rows: Option<u64>,
@@ -201,7 +203,9 @@ pub fn parse_config(
         "ReadFromJson" => {
             let mut r = reader!(&["path", "schema"]);
             let path = r.required_string("path", rep);
-            let schema = r.node("schema").map(schema_value);
+            let schema = r
+                .node("schema")
+                .map(|n| super::schema_check::check_reader(n, rep));
             r.finish(rep);
             match path {
                 Some(path) => TransformConfig::ReadFromJson { path, schema },
@@ -212,7 +216,9 @@ pub fn parse_config(
             let mut r = reader!(&["path", "delimiter", "schema"]);
             let path = r.required_string("path", rep);
             let delimiter = delimiter(&mut r, rep);
-            let schema = r.node("schema").map(schema_value);
+            let schema = r
+                .node("schema")
+                .map(|n| super::schema_check::check_reader(n, rep));
             r.finish(rep);
             match path {
                 Some(path) => TransformConfig::ReadFromCsv {
@@ -375,6 +381,7 @@ pub fn parse_config(
             let schema = r.node("schema");
             let out = match schema {
                 Some(n) => {
+                    super::schema_check::check(n, rep);
                     let value = schema_value(n);
                     match jsonschema::validator_for(&value) {
                         Ok(_) => TransformConfig::ValidateWithSchema {
@@ -631,7 +638,9 @@ fn delimiter(r: &mut MapReader<'_>, rep: &mut Reporter) -> u8 {
 
 fn file_sink(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<FileSink> {
     let path = r.required_string("path", rep);
-    let num_shards = r.u64("num_shards", rep).unwrap_or(1).max(1) as usize;
+    let num_shards_pos = r.node("num_shards").map(pos_of);
+    let num_shards =
+        usize::try_from(r.u64("num_shards", rep).unwrap_or(1).max(1)).unwrap_or(usize::MAX);
     let rows_pos = r.node("max_file_rows").map(pos_of);
     let max_file_rows = r.u64("max_file_rows", rep);
     if let (Some(0), Some(pos)) = (max_file_rows, rows_pos) {
@@ -655,6 +664,7 @@ fn file_sink(r: &mut MapReader<'_>, rep: &mut Reporter) -> Option<FileSink> {
     Some(FileSink {
         path: path?,
         num_shards,
+        num_shards_pos,
         max_file_rows,
         max_file_age,
     })

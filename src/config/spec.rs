@@ -84,6 +84,8 @@ pub struct Options {
     /// `options.state` (Sluice extension): where stateful transforms checkpoint (default:
     /// memory, no checkpoints; docs/guarantees.md).
     pub state: crate::state::StateConfig,
+    /// `options.limits` (Sluice extension): windows per element, shards (config::limits).
+    pub limits: super::limits::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +126,7 @@ const OPTION_KEYS: &[&str] = &[
     "control_topic",
     "gates",
     "state",
+    "limits",
 ];
 
 /// Loads, renders and parses a pipeline file.
@@ -134,17 +137,9 @@ pub fn load(
     path: &std::path::Path,
     vars: &BTreeMap<String, String>,
 ) -> Result<PipelineSpec, Diagnostics> {
-    let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| {
-        let mut rep = Reporter::new(file.clone());
-        rep.error(
-            Pos { line: 1, col: 1 },
-            format!("cannot read pipeline file: {e}"),
-            None,
-        );
-        rep.finish(()).unwrap_err()
-    })?;
-    parse(&file, &source, vars)
+    let mut rep = Reporter::new(path.display().to_string());
+    let spec = load_into(path, vars, &mut rep);
+    rep.finish(spec)
 }
 
 /// Renders (Jinja) and parses pipeline text; `file` is used in diagnostics and as default name.
@@ -169,69 +164,70 @@ pub fn parse_into(
     vars: &BTreeMap<String, String>,
     rep: &mut Reporter,
 ) -> PipelineSpec {
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    if let Err(e) = super::source::check_controls(source) {
+        rep.error(e.pos, e.message, e.hint);
+        return PipelineSpec::empty(file);
+    }
     let rendered = match template::render(file, source, vars) {
         Ok(r) => r,
         Err((line, msg)) => {
+            let hint = if msg.starts_with("undefined variable") {
+                "define variables with --var KEY=VALUE or in the environment"
+            } else {
+                "pipeline files are Jinja templates: fix the template, or write a literal `{{` as `{{ '{{' }}`"
+            };
             rep.error(
                 Pos { line, col: 1 },
                 format!("template error: {msg}"),
-                Some("define variables with --var KEY=VALUE or in the environment".into()),
+                Some(hint.into()),
             );
             return PipelineSpec::empty(file);
         }
     };
-    let options = marked_yaml::LoaderOptions::default()
-        .prevent_coercion(true)
-        .error_on_duplicate_keys(true);
-    let root = match marked_yaml::parse_yaml_with_options(0, &rendered, options) {
+    let limit = super::source::max_pipeline_bytes();
+    let checked = if rendered.len() as u64 > limit {
+        Err(super::source::too_large(
+            "the rendered pipeline (after Jinja)",
+            limit,
+        ))
+    } else {
+        super::source::check_controls(&rendered)
+    };
+    if let Err(e) = checked {
+        rep.error(e.pos, e.message, e.hint);
+        return PipelineSpec::empty(file);
+    }
+    let root = match super::yaml_load::parse(&rendered) {
         Ok(n) => n,
         Err(e) => {
-            let (pos, msg) = load_error(&e);
-            rep.error(pos, format!("invalid YAML: {msg}"), None);
+            rep.error(e.pos, format!("invalid YAML: {}", e.message), e.hint);
             return PipelineSpec::empty(file);
         }
     };
     parse_root(file, &root, rep)
 }
 
-/// Reads a pipeline file into `rep` (see [`parse_into`]).
+/// Reads a pipeline file into `rep` (see [`parse_into`]): at most
+/// [`super::source::max_pipeline_bytes`] bytes, UTF-8, a leading byte-order mark skipped.
 pub fn load_into(
     path: &std::path::Path,
     vars: &BTreeMap<String, String>,
     rep: &mut Reporter,
 ) -> PipelineSpec {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse_into(&file, &source, vars, rep),
+    let bytes = super::source::read_bounded(path, super::source::max_pipeline_bytes());
+    match bytes
+        .as_deref()
+        .map_err(Clone::clone)
+        .and_then(super::source::decode)
+    {
+        Ok(source) => parse_into(&file, source, vars, rep),
         Err(e) => {
-            rep.error(
-                Pos { line: 1, col: 1 },
-                format!("cannot read pipeline file: {e}"),
-                None,
-            );
+            rep.error(e.pos, e.message, e.hint);
             PipelineSpec::empty(&file)
         }
     }
-}
-
-fn load_error(e: &marked_yaml::LoadError) -> (Pos, String) {
-    use marked_yaml::LoadError as E;
-    let marker = match e {
-        E::TopLevelMustBeMapping(m)
-        | E::TopLevelMustBeSequence(m)
-        | E::UnexpectedAnchor(m)
-        | E::MappingKeyMustBeScalar(m)
-        | E::UnexpectedTag(m) => Some(*m),
-        E::ScanError(m, _) => Some(*m),
-        E::DuplicateKey(inner) => inner.key.span().start().copied(),
-    };
-    let pos = marker
-        .map(|m| Pos {
-            line: m.line(),
-            col: m.column(),
-        })
-        .unwrap_or(Pos { line: 1, col: 1 });
-    (pos, e.to_string())
 }
 
 impl PipelineSpec {
@@ -268,7 +264,10 @@ fn parse_root(file: &str, root: &Node, rep: &mut Reporter) -> PipelineSpec {
             .unwrap_or_else(|| "pipeline".into())
     });
     match top.node("pipeline") {
-        Some(p) => spec.transforms = parse_pipeline(p, rep),
+        Some(p) => {
+            spec.transforms = parse_pipeline(p, rep);
+            super::limits::check(&spec.transforms, &spec.options.limits, rep);
+        }
         None => rep.error(
             top.pos(),
             "the file has no `pipeline:` section",
@@ -325,6 +324,7 @@ fn parse_options(node: Option<&Node>, rep: &mut Reporter) -> Options {
         );
     }
     o.state = crate::state::config::parse(r.node("state"), r.pos(), rep);
+    o.limits = super::limits::parse(r.node("limits"), r.pos(), rep);
     r.finish(rep);
     o
 }

@@ -136,11 +136,21 @@ pub fn parse_windowing(node: &Node, rep: &mut Reporter) -> Option<Located<Window
             size_ms: need(size, "size", rep),
             offset_ms: offset,
         },
-        "sliding" => WindowKind::Sliding {
-            size_ms: need(size, "size", rep),
-            period_ms: need(period, "period", rep),
-            offset_ms: offset,
-        },
+        "sliding" => {
+            let size_ms = need(size, "size", rep);
+            let period_ms = need(period, "period", rep);
+            WindowKind::Sliding {
+                size_ms,
+                // An invalid period (already reported) counts as one window per element, so
+                // the windows-per-element limit does not report it a second time.
+                period_ms: if matches!(period, Some(p) if p > 0) {
+                    period_ms
+                } else {
+                    size_ms
+                },
+                offset_ms: offset,
+            }
+        }
         "sessions" => WindowKind::Sessions {
             gap_ms: need(gap, "gap", rep),
         },

@@ -6,7 +6,7 @@ use super::graph::Graph;
 use crate::config::components::TransformConfig;
 use crate::config::diag::{Pos, Reporter, did_you_mean};
 use crate::config::{ExprKind, ExprSpec, PipelineSpec, TransformSpec, WindowKind};
-use crate::expr::check_sql_syntax;
+use crate::expr::{check_sql_syntax, functions};
 use crate::transforms::sql::{analysis, table_names};
 
 /// Reports expressions that cannot compile. Field references are checked when the input schema
@@ -28,7 +28,13 @@ pub fn check_expressions(spec: &PipelineSpec, rep: &mut Reporter) {
             _ => {}
         }
         for e in exprs {
-            if let ExprKind::Sql(sql) = &e.kind
+            let sql = match &e.kind {
+                ExprKind::Sql(sql) => sql,
+                // A generic expression that is not a plain name is read as SQL (`expr::field`).
+                ExprKind::Field(f) if !f.chars().all(|c| c.is_alphanumeric() || c == '_') => f,
+                _ => continue,
+            };
+            if let ExprKind::Sql(_) = &e.kind
                 && let Err(msg) = check_sql_syntax(sql)
             {
                 rep.error(
@@ -36,6 +42,15 @@ pub fn check_expressions(spec: &PipelineSpec, rep: &mut Reporter) {
                         format!("SQL expression `{sql}` does not parse: {msg}"),
                         Some("expressions are SQL as DataFusion reads it, e.g. `watch_seconds * 2` or `action = 'view'`".into()),
                 );
+                continue;
+            }
+            if let Err(p) = functions::check_row_expr(sql) {
+                let within = if t.name == t.type_name {
+                    format!("in `{}`", t.name)
+                } else {
+                    format!("in `{}`, a {}", t.name, t.type_name)
+                };
+                rep.error(e.pos, format!("{} ({within})", p.message), Some(p.hint));
             }
         }
     }
@@ -57,6 +72,10 @@ pub fn check_sql(spec: &PipelineSpec, graph: &Graph, rep: &mut Reporter) {
                 format!("`{}` names some inputs but not all", t.name),
                 Some("name every input of a Sql transform (`input: {a: X, b: Y}`) or none (one input, the table PCOLLECTION)".into()),
             );
+        }
+        if let Err(p) = functions::check_query(&query.value) {
+            rep.error(query.pos, p.message, Some(p.hint));
+            continue;
         }
         let info = match analysis::analyze(&query.value) {
             Ok(info) => info,

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod check;
+pub mod check_types;
 pub mod graph;
 pub mod operator;
 pub mod runner;
@@ -32,6 +33,7 @@ pub fn check_into(spec: &PipelineSpec, rep: &mut Reporter) -> Graph {
     check::check_sql(spec, &graph, rep);
     check::check_deduplicate(spec, &graph, rep);
     check::check_shard_keys(spec, &graph, rep);
+    check_types::check_keep(spec, &graph, rep);
     graph
 }
 

@@ -21,7 +21,13 @@ pub const END_OF_TIME: EventTime = i64::MAX;
 pub enum EngineError {
     /// A problem in the pipeline definition found only at run time (the user's to fix).
     #[error("{transform}: {message}")]
-    Config { transform: String, message: String },
+    Config {
+        transform: String,
+        message: String,
+        /// Where in the pipeline file the problem is (an expression), when known; the CLI
+        /// reports it as `file:line:col`, else the transform's own position.
+        at: Option<crate::config::Pos>,
+    },
     /// An external system failed and retries were exhausted.
     #[error("{transform}: {message}")]
     External {
@@ -68,6 +74,25 @@ impl EngineError {
         EngineError::Config {
             transform: transform.to_string(),
             message: message.into(),
+            at: None,
+        }
+    }
+
+    /// A config error at a position of the pipeline file (an expression).
+    pub fn config_at(transform: &str, at: crate::config::Pos, message: impl Into<String>) -> Self {
+        EngineError::Config {
+            transform: transform.to_string(),
+            message: message.into(),
+            at: Some(at),
+        }
+    }
+
+    /// Where the user should look, for a problem in the pipeline definition: `(transform,
+    /// position if known)`. `None` for other errors.
+    pub fn config_location(&self) -> Option<(&str, Option<crate::config::Pos>)> {
+        match self {
+            EngineError::Config { transform, at, .. } => Some((transform, *at)),
+            _ => None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use marked_yaml::Node;
 
 use crate::config::diag::{Pos, Reporter, suggest};
-use crate::config::yaml::{Located, MapReader, pos_of, to_json};
+use crate::config::yaml::{Located, MapReader, pos_of};
 use crate::pubsub::shard::{MAX_SHARDS, SHARD_PLACEHOLDER, is_per_shard};
 
 /// Payload encoding, Beam's `format`.
@@ -247,23 +247,15 @@ pub fn parse_read(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Opt
         }
     };
     let format = format(&mut r, rep);
-    let schema = r.node("schema").map(|n| match to_json(n) {
-        serde_json::Value::String(s) => {
-            serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))
-        }
-        v => v,
-    });
+    let schema = r
+        .node("schema")
+        .map(|n| crate::config::schema_check::check_reader(n, rep));
     if format == Format::Json && schema.is_none() {
         rep.error(
             r.pos(),
             "`format: JSON` needs a `schema` (JSON Schema of the payload)",
             Some("or use `format: RAW` to read the payload as bytes".into()),
         );
-    }
-    if let Some(s) = &schema
-        && let Err(e) = crate::record::schema::from_json_schema(s)
-    {
-        rep.error(r.pos(), format!("invalid `schema`: {e}"), None);
     }
     let attributes = strings(&mut r, "attributes", rep);
     let attributes_map = r.string("attributes_map", rep).map(|s| s.value);

@@ -37,8 +37,9 @@ impl Operator for Filter {
             if evaluated.rows.num_rows() == 0 {
                 return Ok(());
             }
-            return Err(EngineError::config(
+            return Err(EngineError::config_at(
                 &name,
+                self.keep.pos(0).unwrap_or_default(),
                 format!(
                     "`keep` must be a boolean expression, found {}",
                     evaluated.values[0].data_type()

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 
-use crate::config::ExprSpec;
+use crate::config::{ExprSpec, Pos};
 use crate::expr::{self, Compiled, Evaluated};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output};
 use crate::record::{Batch, rows};
@@ -43,8 +43,18 @@ impl CompiledFor {
     /// The compiled expressions for `schema`.
     ///
     /// # Errors
-    /// The first expression that does not compile against `schema`.
+    /// The first expression that does not compile against `schema`, with its position.
     pub fn get(&mut self, schema: &SchemaRef) -> Result<&[Compiled], String> {
+        self.get_at(schema).map_err(|(pos, e)| {
+            format!("{e} (expression at line {}, column {})", pos.line, pos.col)
+        })
+    }
+
+    /// Like [`CompiledFor::get`], with the failing expression's position apart.
+    ///
+    /// # Errors
+    /// The position and message of the first expression that does not compile.
+    pub fn get_at(&mut self, schema: &SchemaRef) -> Result<&[Compiled], (Pos, String)> {
         let same = self
             .schema
             .as_ref()
@@ -53,18 +63,24 @@ impl CompiledFor {
             self.compiled = self
                 .specs
                 .iter()
-                .map(|s| expr::compile(s, schema))
+                .map(|s| expr::compile(s, schema).map_err(|e| (s.pos, e)))
                 .collect::<Result<_, _>>()?;
             self.schema = Some(schema.clone());
         }
         Ok(&self.compiled)
     }
 
+    /// The position of the `i`th expression in the pipeline file.
+    pub fn pos(&self, i: usize) -> Option<Pos> {
+        self.specs.get(i).map(|s| s.pos)
+    }
+
     /// Compiles for `batch`'s schema and evaluates with per-row isolation; rows that fail go to
     /// `errors` with their row as JSON. What every expression-driven transform does first.
     ///
     /// # Errors
-    /// An expression that does not compile against the batch's schema (a config error).
+    /// An expression that does not compile against the batch's schema (a config error, with
+    /// the expression's position).
     pub fn evaluate(
         &mut self,
         batch: &Batch,
@@ -72,8 +88,8 @@ impl CompiledFor {
         out: &mut Output,
     ) -> Result<Evaluated, EngineError> {
         let exprs = self
-            .get(&batch.schema())
-            .map_err(|e| EngineError::config(errors.transform(), e))?;
+            .get_at(&batch.schema())
+            .map_err(|(pos, e)| EngineError::config_at(errors.transform(), pos, e))?;
         let evaluated = expr::evaluate_isolating(exprs, &batch.rows);
         errors.report(out, batch, row_failures(&batch.rows, &evaluated.failed));
         Ok(evaluated)

@@ -72,6 +72,12 @@ pub struct QueryInfo {
 /// # Errors
 /// The first reason to refuse the query.
 pub fn analyze(sql: &str) -> Result<QueryInfo, Refusal> {
+    // Functions that do not exist, and expressions too deep to walk (the walks below recurse).
+    crate::expr::functions::check_query(sql).map_err(|p| Refusal {
+        at: (1, 1),
+        message: p.message,
+        hint: p.hint,
+    })?;
     let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
         .map_err(|e| parse_refusal(sql, e))?;
     if statements.len() != 1 {

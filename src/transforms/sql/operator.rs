@@ -152,7 +152,10 @@ impl Sql {
     }
 
     fn config_err(&self, msg: impl std::fmt::Display) -> EngineError {
-        EngineError::config(&self.name, format!("query: {msg}"))
+        EngineError::config(
+            &self.name,
+            format!("query: {}", crate::expr::clean(msg.to_string())),
+        )
     }
 
     async fn steps_for(&mut self, schema: &SchemaRef) -> Result<Option<usize>, EngineError> {

@@ -142,7 +142,10 @@ impl PerWindow {
     }
 
     fn config_err(&self, msg: impl std::fmt::Display) -> EngineError {
-        EngineError::config(&self.name, format!("query: {msg}"))
+        EngineError::config(
+            &self.name,
+            format!("query: {}", crate::expr::clean(msg.to_string())),
+        )
     }
 
     fn internal(&self, msg: impl std::fmt::Display) -> EngineError {

@@ -1,0 +1,1 @@
+ok AND id > 0

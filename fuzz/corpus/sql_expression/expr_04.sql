@@ -1,0 +1,1 @@
+CAST(name AS BIGINT)

@@ -1,0 +1,1 @@
+upper(name) || '-' || CAST(id AS VARCHAR)

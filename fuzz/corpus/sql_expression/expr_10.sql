@@ -1,0 +1,1 @@
+coalesce(id, 0)

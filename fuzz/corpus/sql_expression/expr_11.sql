@@ -1,0 +1,1 @@
+CASE WHEN id > 0 THEN 'p' ELSE 'n' END

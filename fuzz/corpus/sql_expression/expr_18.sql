@@ -1,0 +1,1 @@
+substr(name, 2, 1)

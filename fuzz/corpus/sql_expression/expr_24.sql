@@ -1,0 +1,1 @@
+make_array(id, 1)

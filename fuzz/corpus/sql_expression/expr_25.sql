@@ -1,0 +1,1 @@
+to_timestamp_millis(id)

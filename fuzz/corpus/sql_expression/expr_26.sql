@@ -1,0 +1,1 @@
+regexp_like(name, '(a+)+$')
