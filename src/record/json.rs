@@ -4,6 +4,10 @@
 //! per-row allocation). Only when that fails is the chunk decoded line by line, to find exactly
 //! which lines are bad; those go to the error output with their payload and the good lines are
 //! decoded together as usual. So a mostly-clean stream pays nothing for error handling.
+//!
+//! Numbers must fit their field exactly (`record::numbers`): integer fields are decoded through
+//! decimals and narrowed, float fields must be finite, and a chunk passes only when it gave one
+//! row per non-blank line. Any of these failing sends the chunk to line-by-line isolation.
 
 use std::sync::Arc;
 
@@ -11,6 +15,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
+
+use super::numbers;
 
 /// A record that could not be decoded: where it was, its original bytes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +44,12 @@ const DECODER_ROWS: usize = 8192;
 /// Decodes newline-delimited JSON objects into batches of a fixed schema.
 pub struct JsonDecoder {
     schema: SchemaRef,
+    /// What arrow-json decodes into: `schema` with integer fields as decimals.
+    decode_schema: SchemaRef,
+    /// `schema` has integer or float fields to check after decoding.
+    checked: bool,
+    /// `schema` has integer fields (decoded as decimals, so risky numbers are screened first).
+    integers: bool,
     decoder: Decoder,
 }
 
@@ -45,8 +57,15 @@ impl JsonDecoder {
     /// # Errors
     /// When arrow-json cannot decode into `schema` (an unsupported type).
     pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
-        let decoder = Self::build(&schema)?;
-        Ok(JsonDecoder { schema, decoder })
+        let decode_schema = numbers::decode_schema(&schema);
+        let decoder = Self::build(&decode_schema)?;
+        Ok(JsonDecoder {
+            checked: numbers::has_checked_fields(&schema),
+            integers: numbers::has_integer_fields(&schema),
+            schema,
+            decode_schema,
+            decoder,
+        })
     }
 
     fn build(schema: &SchemaRef) -> Result<Decoder, ArrowError> {
@@ -61,14 +80,36 @@ impl JsonDecoder {
     }
 
     /// Decodes `chunk`, a run of complete lines. Blank lines are skipped.
+    ///
+    /// Guarantee: every non-blank line is either one row of the batch (in order) or one
+    /// [`BadRecord`]; a number that does not fit its field is a bad record, never a changed value.
     pub fn decode_lines(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+        if self.integers && numbers::has_risky_number(chunk) {
+            return self.decode_isolating(chunk);
+        }
         match self.try_decode(chunk) {
-            Ok(batch) => (batch, Vec::new()),
-            Err(_) => self.decode_isolating(chunk),
+            Ok(batch) if batch.as_ref().map_or(0, |b| b.num_rows()) == count_lines(chunk) => {
+                (batch, Vec::new())
+            }
+            // An error, or not one row per line (two values on a line, one value over two).
+            _ => self.decode_isolating(chunk),
         }
     }
 
+    /// Decodes `chunk` and checks its numbers; the batch has the user's schema.
     fn try_decode(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
+        let Some(batch) = self.try_decode_raw(chunk)? else {
+            return Ok(None);
+        };
+        if !self.checked {
+            return Ok(Some(batch));
+        }
+        numbers::narrow(&batch, &self.schema)
+            .map(Some)
+            .map_err(|e| ArrowError::JsonError(e.to_string()))
+    }
+
+    fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
         let mut parts = Vec::new();
         let mut offset = 0;
         while offset < chunk.len() {
@@ -92,13 +133,13 @@ impl JsonDecoder {
         match parts.len() {
             0 => Ok(None),
             1 => Ok(parts.pop()),
-            _ => arrow::compute::concat_batches(&self.schema, &parts).map(Some),
+            _ => arrow::compute::concat_batches(&self.decode_schema, &parts).map(Some),
         }
     }
 
     fn decode_isolating(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
         // The shared decoder may hold a partial tape after the failure: start afresh.
-        self.decoder = Self::build(&self.schema).expect("schema was accepted before");
+        self.decoder = Self::build(&self.decode_schema).expect("schema was accepted before");
         let mut good = Vec::with_capacity(chunk.len());
         let mut good_lines = Vec::new();
         let mut bad = Vec::new();
@@ -130,7 +171,8 @@ impl JsonDecoder {
                     error: e.to_string(),
                 }));
                 bad.sort_by_key(|b| b.line);
-                self.decoder = Self::build(&self.schema).expect("schema was accepted before");
+                self.decoder =
+                    Self::build(&self.decode_schema).expect("schema was accepted before");
                 None
             }
         };
@@ -141,7 +183,28 @@ impl JsonDecoder {
         if std::str::from_utf8(line).is_err() {
             return Err("invalid UTF-8".into());
         }
-        let mut one = Self::build(&self.schema).map_err(|e| e.to_string())?;
+        if self.integers && numbers::has_risky_number(line) {
+            // Before arrow's decimal parser sees the number (see `record::numbers`).
+            numbers::check_exact(line, &self.schema)?;
+        }
+        let batch = match Self::decode_one(&self.decode_schema, line) {
+            Ok(b) => b,
+            // Report the failure as the user's types would: "failed to parse \"x\" as Int64",
+            // not as the decimal the field is decoded through.
+            Err(e) if self.integers => {
+                return Err(Self::decode_one(&self.schema, line).err().unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
+        if self.checked {
+            numbers::narrow(&batch, &self.schema).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a line that must hold exactly one JSON object.
+    fn decode_one(schema: &SchemaRef, line: &[u8]) -> Result<RecordBatch, String> {
+        let mut one = Self::build(schema).map_err(|e| e.to_string())?;
         let read = one.decode(line).map_err(clean)?;
         if read < line.len() && !line[read..].iter().all(u8::is_ascii_whitespace) {
             return Err("more than one JSON value on the line".into());
@@ -150,10 +213,24 @@ impl JsonDecoder {
             return Err("truncated JSON record".into());
         }
         match one.flush().map_err(clean)? {
-            Some(b) if b.num_rows() == 1 => Ok(()),
+            Some(b) if b.num_rows() == 1 => Ok(b),
             _ => Err("expected one JSON object".into()),
         }
     }
+}
+
+/// Lines of `chunk` holding anything but whitespace. Almost every line starts with a
+/// non-blank byte, so this costs one `memchr` pass.
+pub fn count_lines(chunk: &[u8]) -> usize {
+    let mut n = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
+        if chunk[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
+            n += 1;
+        }
+        start = end + 1;
+    }
+    n
 }
 
 fn trim_end(b: &[u8]) -> &[u8] {

@@ -4,6 +4,7 @@
 mod batch;
 pub mod error_record;
 pub mod json;
+pub mod numbers;
 pub mod rows;
 pub mod schema;
 
