@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod expr;
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod pipeline;
