@@ -178,9 +178,8 @@ impl CsvDecoder {
                 arrow::compute::concat_batches(&self.schema, &batches).map_err(|e| e.to_string())?
             }
         };
-        numbers::narrow(&batch, &self.schema)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        numbers::check_floats(&batch).map_err(|e| e.to_string())?;
+        Ok(Some(batch))
     }
 }
 

@@ -5,9 +5,9 @@
 //! which lines are bad; those go to the error output with their payload and the good lines are
 //! decoded together as usual. So a mostly-clean stream pays nothing for error handling.
 //!
-//! Numbers must fit their field exactly (`record::numbers`): integer fields are decoded through
-//! decimals and narrowed, float fields must be finite, and a chunk passes only when it gave one
-//! row per non-blank line. Any of these failing sends the chunk to line-by-line isolation.
+//! Numbers must fit their field exactly (`record::numbers`): a chunk with a number arrow would
+//! cast into an integer field (`record::screen`), a non-finite float, or not one row per
+//! non-blank line goes to line-by-line isolation too.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
 
 use super::numbers;
+use super::screen::Screen;
 
 /// A record that could not be decoded: where it was, its original bytes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +45,10 @@ const DECODER_ROWS: usize = 8192;
 /// Decodes newline-delimited JSON objects into batches of a fixed schema.
 pub struct JsonDecoder {
     schema: SchemaRef,
-    /// What arrow-json decodes into: `schema` with integer fields as decimals.
-    decode_schema: SchemaRef,
-    /// `schema` has integer or float fields to check after decoding.
-    checked: bool,
-    /// `schema` has integer fields (decoded as decimals, so risky numbers are screened first).
-    integers: bool,
+    /// `schema` has float fields, checked to be finite after decoding.
+    floats: bool,
+    /// Set when `schema` has integer fields: finds numbers arrow would cast into them.
+    screen: Option<Screen>,
     decoder: Decoder,
 }
 
@@ -57,13 +56,11 @@ impl JsonDecoder {
     /// # Errors
     /// When arrow-json cannot decode into `schema` (an unsupported type).
     pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
-        let decode_schema = numbers::decode_schema(&schema);
-        let decoder = Self::build(&decode_schema)?;
+        let decoder = Self::build(&schema)?;
         Ok(JsonDecoder {
-            checked: numbers::has_checked_fields(&schema),
-            integers: numbers::has_integer_fields(&schema),
+            floats: numbers::has_float_fields(&schema),
+            screen: Screen::new(&schema),
             schema,
-            decode_schema,
             decoder,
         })
     }
@@ -84,7 +81,7 @@ impl JsonDecoder {
     /// Guarantee: every non-blank line is either one row of the batch (in order) or one
     /// [`BadRecord`]; a number that does not fit its field is a bad record, never a changed value.
     pub fn decode_lines(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
-        if self.integers && numbers::has_risky_number(chunk) {
+        if self.screen.as_ref().is_some_and(|s| s.is_risky(chunk)) {
             return self.decode_isolating(chunk);
         }
         match self.try_decode(chunk) {
@@ -101,12 +98,10 @@ impl JsonDecoder {
         let Some(batch) = self.try_decode_raw(chunk)? else {
             return Ok(None);
         };
-        if !self.checked {
-            return Ok(Some(batch));
+        if self.floats {
+            numbers::check_floats(&batch).map_err(|e| ArrowError::JsonError(e.to_string()))?;
         }
-        numbers::narrow(&batch, &self.schema)
-            .map(Some)
-            .map_err(|e| ArrowError::JsonError(e.to_string()))
+        Ok(Some(batch))
     }
 
     fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
@@ -133,13 +128,13 @@ impl JsonDecoder {
         match parts.len() {
             0 => Ok(None),
             1 => Ok(parts.pop()),
-            _ => arrow::compute::concat_batches(&self.decode_schema, &parts).map(Some),
+            _ => arrow::compute::concat_batches(&self.schema, &parts).map(Some),
         }
     }
 
     fn decode_isolating(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
         // The shared decoder may hold a partial tape after the failure: start afresh.
-        self.decoder = Self::build(&self.decode_schema).expect("schema was accepted before");
+        self.decoder = Self::build(&self.schema).expect("schema was accepted before");
         let mut good = Vec::with_capacity(chunk.len());
         let mut good_lines = Vec::new();
         let mut bad = Vec::new();
@@ -171,8 +166,7 @@ impl JsonDecoder {
                     error: e.to_string(),
                 }));
                 bad.sort_by_key(|b| b.line);
-                self.decoder =
-                    Self::build(&self.decode_schema).expect("schema was accepted before");
+                self.decoder = Self::build(&self.schema).expect("schema was accepted before");
                 None
             }
         };
@@ -183,21 +177,13 @@ impl JsonDecoder {
         if std::str::from_utf8(line).is_err() {
             return Err("invalid UTF-8".into());
         }
-        if self.integers && numbers::has_risky_number(line) {
-            // Before arrow's decimal parser sees the number (see `record::numbers`).
+        if self.screen.as_ref().is_some_and(|s| s.is_risky(line)) {
+            // Before arrow casts the number (see `record::numbers`).
             numbers::check_exact(line, &self.schema)?;
         }
-        let batch = match Self::decode_one(&self.decode_schema, line) {
-            Ok(b) => b,
-            // Report the failure as the user's types would: "failed to parse \"x\" as Int64",
-            // not as the decimal the field is decoded through.
-            Err(e) if self.integers => {
-                return Err(Self::decode_one(&self.schema, line).err().unwrap_or(e));
-            }
-            Err(e) => return Err(e),
-        };
-        if self.checked {
-            numbers::narrow(&batch, &self.schema).map_err(|e| e.to_string())?;
+        let batch = Self::decode_one(&self.schema, line)?;
+        if self.floats {
+            numbers::check_floats(&batch).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -441,6 +427,74 @@ mod tests {
         let (again, bad) = d.decode_lines(b"{\"id\":7}\n");
         assert!(bad.is_empty());
         assert_eq!(again.unwrap().num_rows(), 1);
+    }
+
+    /// The cost of the number checks on the standard workload's rows (docs/performance.md,
+    /// "Exact numbers"): the plain arrow-json decode (the fast path before issue #20) against
+    /// `decode_lines`. Prints times only; run by hand with
+    /// `cargo test --release --lib decode_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn decode_cost() {
+        let text: String = (0..200_000)
+            .map(|i| {
+                format!(
+                    "{{\"event_id\":\"e{i:08}\",\"recipe_id\":\"r{}\",\"user_id\":\"u{}\",\"action\":\"view\",\"watch_seconds\":{},\"event_time\":\"2026-01-01T00:{:02}:{:02}.123Z\"}}\n",
+                    i % 500,
+                    i % 20_000,
+                    i % 600,
+                    (i / 60) % 60,
+                    i % 60
+                )
+            })
+            .collect();
+        let schema = infer_schema(text.as_bytes().split(|b| *b == b'\n'), 1000).unwrap();
+        let chunks: Vec<&[u8]> = {
+            let mut out = Vec::new();
+            let mut rest = text.as_bytes();
+            while !rest.is_empty() {
+                let end = memchr::memchr_iter(b'\n', rest)
+                    .nth(8191)
+                    .map_or(rest.len(), |i| i + 1);
+                out.push(&rest[..end]);
+                rest = &rest[end..];
+            }
+            out
+        };
+        let time = |f: &mut dyn FnMut()| {
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let mut plain = JsonDecoder::build(&schema).unwrap();
+        let before = time(&mut || {
+            for c in &chunks {
+                plain.decode(c).unwrap();
+                plain.flush().unwrap();
+            }
+        });
+        let mut d = JsonDecoder::new(schema.clone()).unwrap();
+        let after = time(&mut || {
+            for c in &chunks {
+                let (b, bad) = d.decode_lines(c);
+                assert!(b.is_some() && bad.is_empty());
+            }
+        });
+        let screen = Screen::new(&schema).expect("watch_seconds is an integer");
+        let scan = time(&mut || {
+            for c in &chunks {
+                assert!(!screen.is_risky(c));
+            }
+        });
+        println!(
+            "200,000 rows: plain arrow-json {before:?}, decode_lines {after:?} ({:+.1} %), of which the risky-number scan {scan:?}",
+            (after.as_secs_f64() / before.as_secs_f64() - 1.0) * 100.0
+        );
     }
 
     #[test]

@@ -7,5 +7,6 @@ pub mod json;
 pub mod numbers;
 pub mod rows;
 pub mod schema;
+pub mod screen;
 
 pub use batch::{AckToken, Batch, Hold, abandon, meta, user_columns, with_column};
