@@ -26,8 +26,11 @@ use crate::record::json::{BadRecord, JsonDecoder, count_lines};
 /// only slow the search.
 pub const MAX_INPUT: usize = 64 * 1024;
 
+/// A fuzz target: panics when its invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and `fuzz/corpus/*`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("json_lines", json_lines),
     ("csv_lines", csv_lines),
     ("pubsub_messages", pubsub_messages),
