@@ -300,3 +300,19 @@ async fn a_declared_unit_reads_every_number_in_it() {
         vec![json!({"k": "a", "n": 1, "window_string": "[1767225600120.0, 1767225600180.0)"})]
     );
 }
+
+/// `sluice validate` names a unit it does not know, with its position and the default rule.
+#[test]
+fn an_unknown_unit_is_a_validation_error() {
+    let text = "pipeline:\n  transforms:\n    - type: Create\n      config:\n        elements: [{t: 1}]\n    - type: AssignTimestamps\n      input: Create\n      config:\n        timestamp: t\n        unit: minutes\n";
+    let err = sluice::config::parse("unit.yaml", text, &Default::default())
+        .err()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(
+            "unit.yaml:10:15: `unit` must be one of auto, s, ms, us, ns, found `minutes`"
+        ),
+        "{err}"
+    );
+}
