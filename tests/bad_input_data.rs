@@ -310,9 +310,7 @@ fn an_unknown_unit_is_a_validation_error() {
         .map(|d| d.to_string())
         .unwrap_or_default();
     assert!(
-        err.contains(
-            "unit.yaml:10:15: `unit` must be one of auto, s, ms, us, ns, found `minutes`"
-        ),
+        err.contains("unit.yaml:10:15: `unit` must be one of auto, s, ms, us, ns, found `minutes`"),
         "{err}"
     );
 }
