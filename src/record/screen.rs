@@ -26,7 +26,7 @@ enum Kind {
     Other,
 }
 
-/// Finds values arrow's decimal parser could mishandle in the integer fields of a schema.
+/// Finds numbers arrow-json would cast from an `f64` into the integer fields of a schema.
 pub struct Screen {
     /// Top-level fields with an integer inside, by name (a handful: a linear search).
     fields: Vec<(Box<[u8]>, Kind)>,
@@ -46,7 +46,7 @@ fn contains_int(dt: &DataType) -> bool {
 }
 
 impl Screen {
-    /// `None` when `schema` has no integer field (nothing is decoded as a decimal).
+    /// `None` when `schema` has no integer field (nothing to screen).
     pub fn new(schema: &SchemaRef) -> Option<Self> {
         let fields: Vec<(Box<[u8]>, Kind)> = schema
             .fields()
