@@ -115,6 +115,7 @@ impl CsvDecoder {
         // Not one row per line (a quoted newline) counts as a failure too.
         if let Ok(batch) = self.read(chunk)
             && batch.as_ref().map_or(0, |b| b.num_rows()) == crate::record::json::count_lines(chunk)
+            && plain_lines(chunk, self.format_quote())
         {
             return (batch, Vec::new());
         }
@@ -163,6 +164,11 @@ impl CsvDecoder {
         }
     }
 
+    /// The quote byte of the dialect (`Format` keeps it private; Sluice sets none but `"`).
+    fn format_quote(&self) -> u8 {
+        b'"'
+    }
+
     fn read(&self, bytes: &[u8]) -> Result<Option<RecordBatch>, String> {
         let batches = ReaderBuilder::new(self.schema.clone())
             .with_format(self.format.clone())
@@ -181,6 +187,23 @@ impl CsvDecoder {
         numbers::check_floats(&batch).map_err(|e| e.to_string())?;
         Ok(Some(batch))
     }
+}
+
+/// Whether no line can hold other than one record: an even number of quotes on every line (no
+/// quoted newline) and no `\r` but before a `\n` (a lone `\r` ends a record). With the row
+/// count equal to the line count, rows then map to lines one to one.
+fn plain_lines(chunk: &[u8], quote: u8) -> bool {
+    let mut quotes = 0usize;
+    for i in memchr::memchr3_iter(quote, b'\n', b'\r', chunk) {
+        match chunk[i] {
+            b'\n' if !quotes.is_multiple_of(2) => return false,
+            b'\n' => quotes = 0,
+            b'\r' if chunk.get(i + 1).is_some_and(|b| *b != b'\n') => return false,
+            b'\r' => {}
+            _ => quotes += 1,
+        }
+    }
+    quotes.is_multiple_of(2)
 }
 
 /// arrow-csv's message without its line numbers, which count from the start of whatever it

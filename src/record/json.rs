@@ -85,11 +85,9 @@ impl JsonDecoder {
             return self.decode_isolating(chunk);
         }
         match self.try_decode(chunk) {
-            Ok(batch) if batch.as_ref().map_or(0, |b| b.num_rows()) == count_lines(chunk) => {
-                (batch, Vec::new())
-            }
+            Ok(batch) => (batch, Vec::new()),
             // An error, or not one row per line (two values on a line, one value over two).
-            _ => self.decode_isolating(chunk),
+            Err(_) => self.decode_isolating(chunk),
         }
     }
 
@@ -104,25 +102,33 @@ impl JsonDecoder {
         Ok(Some(batch))
     }
 
+    /// Feeds the tape decoder one line at a time (the tape is shared, so this is the same
+    /// vectorised decode) and requires each non-blank line to add exactly one complete row: two
+    /// values on a line, or a value over two lines, fail the chunk. Counting rows against lines
+    /// afterwards would not do: the two can cancel out.
     fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
         let mut parts = Vec::new();
-        let mut offset = 0;
-        while offset < chunk.len() {
-            let read = self.decoder.decode(&chunk[offset..])?;
-            offset += read;
-            if read == 0 || self.decoder.len() >= DECODER_ROWS {
-                // The decoder is full: flush what it holds and go on.
-                match self.decoder.flush()? {
-                    Some(b) => parts.push(b),
-                    None if read == 0 => {
-                        return Err(ArrowError::JsonError("decoder made no progress".into()));
-                    }
-                    None => {}
-                }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
+            let line = &chunk[start..end.min(chunk.len())];
+            start = end + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
             }
-        }
-        if self.decoder.has_partial_record() {
-            return Err(ArrowError::JsonError("truncated JSON record".into()));
+            let before = self.decoder.len();
+            let read = self.decoder.decode(line)?;
+            if self.decoder.len() != before + 1
+                || (read < line.len() && !line[read..].iter().all(u8::is_ascii_whitespace))
+                || self.decoder.has_partial_record()
+            {
+                return Err(ArrowError::JsonError(
+                    "not exactly one JSON value on the line".into(),
+                ));
+            }
+            if self.decoder.len() >= DECODER_ROWS - 1 {
+                // Room for the next line's row (and for noticing a second one).
+                parts.extend(self.decoder.flush()?);
+            }
         }
         parts.extend(self.decoder.flush()?);
         match parts.len() {

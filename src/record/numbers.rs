@@ -113,6 +113,69 @@ fn check_array(a: &ArrayRef, path: &str) -> Result<(), NumberError> {
     }
 }
 
+enum Exactness {
+    Fraction,
+    OutOfRange,
+}
+
+/// The integer a JSON number token denotes, computed from its digits (no floating point):
+/// `5.0`, `1e2` and `1500e-1` are integers, `5.5` and `1e-19` are not.
+fn exact_integer(t: &[u8]) -> Result<i64, Exactness> {
+    let (negative, t) = match t.first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (mantissa, exp) = match t.iter().position(|b| matches!(b, b'e' | b'E')) {
+        Some(e) => (&t[..e], &t[e + 1..]),
+        None => (t, &b""[..]),
+    };
+    let (exp_negative, exp_digits) = match exp.first() {
+        Some(b'-') => (true, &exp[1..]),
+        Some(b'+') => (false, &exp[1..]),
+        _ => (false, exp),
+    };
+    // Saturates: an exponent past 10^6 is as good as infinite here.
+    let exp = exp_digits
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .fold(0i64, |acc, b| {
+            (acc * 10 + i64::from(b - b'0')).min(1_000_000)
+        });
+    let exp = if exp_negative { -exp } else { exp };
+    let (int, frac) = match mantissa.iter().position(|b| *b == b'.') {
+        Some(p) => (&mantissa[..p], &mantissa[p + 1..]),
+        None => (mantissa, &b""[..]),
+    };
+    // value = digits × 10^shift, digits = int ++ frac
+    let shift = exp - frac.len() as i64;
+    let digits: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let kept = if shift < 0 {
+        let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
+        let (head, tail) = digits.split_at(digits.len().saturating_sub(cut));
+        if tail.iter().any(|b| *b != b'0') {
+            return Err(Exactness::Fraction);
+        }
+        head
+    } else {
+        &digits[..]
+    };
+    let Some(first) = kept.iter().position(|b| *b != b'0') else {
+        return Ok(0);
+    };
+    let significant = &kept[first..];
+    if significant.len() as i64 + shift.max(0) > 19 {
+        return Err(Exactness::OutOfRange);
+    }
+    let mut v = significant
+        .iter()
+        .fold(0i128, |acc, b| acc * 10 + i128::from(b - b'0'));
+    for _ in 0..shift.max(0) {
+        v *= 10;
+    }
+    i64::try_from(if negative { -v } else { v }).map_err(|_| Exactness::OutOfRange)
+}
+
 /// Checks a line that [`super::screen::Screen`] flagged against `schema` with serde_json: an
 /// integer field must hold an integer in `i64` range, written so that it can be read exactly.
 ///
@@ -163,18 +226,41 @@ fn check_value(
     use serde_json::Value;
     match (dt, v) {
         (DataType::Int64, Value::Number(n)) if n.as_i64().is_none() => {
-            // The number as written (a top-level field), else as serde_json prints it.
-            let text = super::screen::value_text(line, path).map_or_else(
-                || n.to_string(),
-                |t| String::from_utf8_lossy(t).into_owned(),
-            );
-            let problem = match n.as_f64() {
-                _ if n.is_u64() => Problem::OutOfRange(text),
-                Some(f) if f.fract() != 0.0 => Problem::Fraction(text),
-                Some(f) if f.abs() >= 9.223_372_036_854_775e18 => Problem::OutOfRange(text),
-                // Above 2^53 an f64 is not exact: `9007199254740993.0` would become …992.
-                Some(f) if f.abs() > 9_007_199_254_740_992.0 => Problem::Inexact(text),
-                _ => return Ok(()),
+            // The number as written decides (serde_json's f64 can be one ULP off, enough to
+            // turn 922337203685477.9 into an integer). arrow reads such a number through a
+            // correctly rounded f64, so an integer is kept only when that f64 holds it exactly.
+            // Nested values, which the text lookup does not reach, use the f64 with a margin.
+            let texts = super::screen::value_texts(line, path);
+            let problem = match texts.is_empty() {
+                // Every occurrence must be exact (arrow keeps the last of duplicate keys; an
+                // occurrence in a nested object may be checked too, which can only reject more).
+                false => texts.iter().find_map(|t| {
+                    let text = String::from_utf8_lossy(t).into_owned();
+                    match exact_integer(t) {
+                        Ok(v) if (v as f64) as i64 == v && v != i64::MAX => None,
+                        Ok(_) => Some(Problem::Inexact(text)),
+                        Err(Exactness::Fraction) => Some(Problem::Fraction(text)),
+                        Err(Exactness::OutOfRange) => Some(Problem::OutOfRange(text)),
+                    }
+                }),
+                true => {
+                    let text = n.to_string();
+                    match n.as_f64() {
+                        _ if n.is_u64() => Some(Problem::OutOfRange(text)),
+                        Some(f) if f.fract() != 0.0 => Some(Problem::Fraction(text)),
+                        Some(f) if f.abs() >= 9.223_372_036_854_775e18 => {
+                            Some(Problem::OutOfRange(text))
+                        }
+                        // Above 2^50 the f64 may not be exact.
+                        Some(f) if f.abs() >= 1_125_899_906_842_624.0 => {
+                            Some(Problem::Inexact(text))
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            let Some(problem) = problem else {
+                return Ok(());
             };
             Err(NumberError {
                 path: path.to_string(),
@@ -212,6 +298,33 @@ mod tests {
     }
 
     #[test]
+    fn exact_integers_from_their_digits() {
+        let ok = |t: &str| exact_integer(t.as_bytes()).ok();
+        assert_eq!(ok("5.0"), Some(5));
+        assert_eq!(ok("1e2"), Some(100));
+        assert_eq!(ok("1500e-1"), Some(150));
+        assert_eq!(ok("-0.0e5"), Some(0));
+        assert_eq!(ok("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(ok("-9223372036854775808.000"), Some(i64::MIN));
+        assert!(matches!(exact_integer(b"5.5"), Err(Exactness::Fraction)));
+        assert!(matches!(exact_integer(b"1e-19"), Err(Exactness::Fraction)));
+        // Found by tests/fuzz_corpus.rs: serde_json reads this as the integer …478.
+        assert!(matches!(
+            exact_integer(b"-922337203685477.9"),
+            Err(Exactness::Fraction)
+        ));
+        assert!(matches!(
+            exact_integer(b"-9223372036854775809"),
+            Err(Exactness::OutOfRange)
+        ));
+        assert!(matches!(
+            exact_integer(b"1e999999999"),
+            Err(Exactness::OutOfRange)
+        ));
+        assert!(matches!(exact_integer(b"1e19"), Err(Exactness::OutOfRange)));
+    }
+
+    #[test]
     fn integers_must_be_exact_and_in_range() {
         let s = schema();
         assert_eq!(check_exact(br#"{"n": 5.0}"#, &s), Ok(()));
@@ -232,6 +345,10 @@ mod tests {
         assert_eq!(
             check_exact(br#"{"n": 9007199254740993.0}"#, &s).unwrap_err(),
             "field `n`: 9007199254740993.0 cannot be read exactly as an integer; write it as plain digits"
+        );
+        assert_eq!(
+            check_exact(br#"{"n": -922337203685477.9}"#, &s).unwrap_err(),
+            "field `n`: -922337203685477.9 is not an integer (the field's type is integer)"
         );
         assert_eq!(
             check_exact(br#"{"tags": [1, 2.5]}"#, &s).unwrap_err(),

@@ -202,15 +202,17 @@ pub fn risky_token(t: &[u8]) -> bool {
         || t.iter().filter(|b| b.is_ascii_digit()).count() >= 19
 }
 
-/// The number written as the value of top-level key `field` in `line`, for messages; `None`
-/// for nested paths or when it is not found as written.
-pub fn value_text<'a>(line: &'a [u8], field: &str) -> Option<&'a [u8]> {
+/// Every number written as the value of key `field` in `line` (at any depth: the top-level one
+/// is among them, and duplicate keys, of which arrow keeps the last, are all there); empty for
+/// nested paths.
+pub fn value_texts<'a>(line: &'a [u8], field: &str) -> Vec<&'a [u8]> {
     if field.contains(['.', '[']) {
-        return None;
+        return Vec::new();
     }
     let quoted = [&b"\""[..], field.as_bytes(), b"\""].concat();
     memchr::memmem::find_iter(line, &quoted)
-        .find_map(|at| number_after_key(&line[at + quoted.len()..]))
+        .filter_map(|at| number_after_key(&line[at + quoted.len()..]))
+        .collect()
 }
 
 /// The number token after `: ` in `after` (the bytes following a quoted key), if any.
@@ -278,10 +280,10 @@ mod tests {
         }
         assert!(screen(true).is_risky(br#"{"tags": [1, 2.5]}"#));
         assert_eq!(
-            value_text(br#"{"id": "n", "n" : -9223372036854775809}"#, "n"),
-            Some(&b"-9223372036854775809"[..])
+            value_texts(br#"{"id": "n", "n" : -9223372036854775809, "n": 2}"#, "n"),
+            vec![&b"-9223372036854775809"[..], b"2"]
         );
-        assert_eq!(value_text(br#"{"n": 1}"#, "tags[]"), None);
+        assert!(value_texts(br#"{"n": 1}"#, "tags[]").is_empty());
     }
 
     /// Both paths give the same answers on a flat schema and valid JSON.
