@@ -81,6 +81,8 @@ pub enum TransformConfig {
         timestamp: ExprSpec,
         /// Sluice extension: `watermark: {max_delay, idle_timeout}`.
         watermark: Option<WatermarkSpec>,
+        /// Sluice extension: the unit of numeric timestamps (`unit:`, default `auto`).
+        unit: crate::time::epoch::EpochUnit,
     },
     WindowInto {
         windowing: Located<Windowing>,
@@ -162,6 +164,30 @@ pub struct WatermarkSpec {
     pub max_delay: std::time::Duration,
     /// Processing time without data after which the watermark jumps to the largest event time.
     pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// Reads an epoch unit key (`auto` when absent); reports a value that is not one.
+pub fn epoch_unit(
+    r: &mut MapReader<'_>,
+    key: &'static str,
+    rep: &mut Reporter,
+) -> crate::time::epoch::EpochUnit {
+    use crate::time::epoch::EpochUnit;
+    let Some(v) = r.string(key, rep) else {
+        return EpochUnit::Auto;
+    };
+    EpochUnit::parse(&v.value).unwrap_or_else(|| {
+        rep.error(
+            v.pos,
+            format!(
+                "`{key}` must be one of {}, found `{}`",
+                EpochUnit::NAMES,
+                v.value
+            ),
+            Some("without `unit`, numbers below 10^11 are seconds and larger ones milliseconds (docs/windowing.md)".into()),
+        );
+        EpochUnit::Auto
+    })
 }
 
 pub fn parse_config(
@@ -306,9 +332,10 @@ pub fn parse_config(
             })
         }
         "AssignTimestamps" => {
-            let mut r = reader!(&["language", "timestamp", "watermark"]);
+            let mut r = reader!(&["language", "timestamp", "watermark", "unit"]);
             let lang = language(&mut r, rep);
             let ts = required_expr(&mut r, "timestamp", lang, ty.pos, rep);
+            let unit = epoch_unit(&mut r, "unit", rep);
             let watermark = r.node("watermark").map(|n| {
                 let mut w = MapReader::new(
                     Some(n),
@@ -331,6 +358,7 @@ pub fn parse_config(
                 TransformConfig::AssignTimestamps {
                     timestamp,
                     watermark,
+                    unit,
                 }
             })
         }

@@ -104,16 +104,21 @@ pub async fn forward(out: &mut Output, sink: &mut dyn SourceSink) -> Result<(), 
     Ok(())
 }
 
-/// Reports undecodable records of a file source.
-pub fn report_bad(
+/// Reports undecodable lines of a file source as `path:line: message`, where `first_line` is the
+/// file's 1-based line number of the chunk's first line.
+pub fn report_bad_lines(
     errors: &ErrorRoute,
     out: &mut Output,
     path: &Path,
+    first_line: usize,
     bad: Vec<crate::record::json::BadRecord>,
 ) {
     let failures = bad
         .into_iter()
-        .map(|b| (b.element(), format!("{}: {}", path.display(), b.error)))
+        .map(|b| {
+            let msg = format!("{}:{}: {}", path.display(), first_line + b.line, b.error);
+            (b.element(), msg)
+        })
         .collect();
     errors.report_elements(
         out,

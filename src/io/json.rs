@@ -9,7 +9,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::json::writer::{LineDelimited, Writer, WriterBuilder};
 use async_trait::async_trait;
 
-use super::files::{FormatWriter, LineChunks, expand, forward, report_bad};
+use super::files::{FormatWriter, LineChunks, expand, forward, report_bad_lines};
 use super::sink::{FileSinkSpec, WriteFiles};
 use crate::pipeline::operator::{
     END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink, StageStats,
@@ -85,6 +85,8 @@ impl Source for ReadFromJson {
         for path in &paths {
             let mut chunks =
                 LineChunks::open(path, self.batch_size).map_err(|e| io_err(&self.name, path, e))?;
+            // Messages name the file's 1-based line.
+            let mut first_line = 1;
             while let Some(chunk) = chunks
                 .next_chunk()
                 .map_err(|e| io_err(&self.name, path, e))?
@@ -93,7 +95,8 @@ impl Source for ReadFromJson {
                     return Ok(());
                 }
                 let (rows, bad) = decoder.decode_lines(chunk);
-                report_bad(&self.errors, &mut out, path, bad);
+                report_bad_lines(&self.errors, &mut out, path, first_line, bad);
+                first_line += memchr::memchr_iter(b'\n', chunk).count();
                 if let Some(rows) = rows {
                     out.main(Batch::new(rows));
                 }

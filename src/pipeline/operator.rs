@@ -264,6 +264,8 @@ pub struct StageStats {
     pub errors: AtomicU64,
     /// Units (panes or batches) a `Check` found failing.
     pub check_failures: AtomicU64,
+    /// Event times more than 100 years from now (`time::epoch::RangeGuard`).
+    pub event_time_out_of_range: AtomicU64,
     /// Time spent in `process` per batch.
     pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
     /// The watermark this stage last forwarded (ms; `i64::MIN` before the first).
@@ -292,6 +294,7 @@ impl Default for StageStats {
             batches_in: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             check_failures: AtomicU64::new(0),
+            event_time_out_of_range: AtomicU64::new(0),
             // 50µs to ~3s: a batch of a few thousand rows takes 0.1-10 ms in a transform and up
             // to seconds in a sink waiting on the network.
             batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
@@ -372,6 +375,11 @@ impl ErrorRoute {
 
     pub fn transform(&self) -> &str {
         &self.transform
+    }
+
+    /// The counters of the transform this route belongs to.
+    pub fn stats(&self) -> &Arc<StageStats> {
+        &self.stats
     }
 
     /// The schema of error records ([`crate::record::error_record::schema`]).

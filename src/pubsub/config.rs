@@ -140,9 +140,12 @@ pub struct ReadConfig {
     /// Attribute holding a unique id of the message: it becomes the row id (`__sluice_id`)
     /// instead of the Pub/Sub message id, so republished duplicates get the same id.
     pub id_attribute: Option<String>,
-    /// Attribute holding the event time (RFC 3339, or milliseconds since the epoch); the
+    /// Attribute holding the event time (RFC 3339, or an integer in `timestamp_unit`); the
     /// publish time is used without it.
     pub timestamp_attribute: Option<String>,
+    /// Sluice extension: the unit of integer `timestamp_attribute` values (default `auto`:
+    /// below 10^11 seconds, else milliseconds; `time::epoch`).
+    pub timestamp_unit: crate::time::epoch::EpochUnit,
     pub metadata: MetadataFields,
     pub watermark: WatermarkConfig,
     pub flow_control: FlowControl,
@@ -202,6 +205,7 @@ const READ_KEYS: &[&str] = &[
     "attributes_map",
     "id_attribute",
     "timestamp_attribute",
+    "timestamp_unit",
     "error_handling",
     "metadata_fields",
     "watermark",
@@ -261,6 +265,7 @@ pub fn parse_read(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Opt
     let attributes_map = r.string("attributes_map", rep).map(|s| s.value);
     let id_attribute = r.string("id_attribute", rep).map(|s| s.value);
     let timestamp_attribute = r.string("timestamp_attribute", rep).map(|s| s.value);
+    let timestamp_unit = crate::config::components::epoch_unit(&mut r, "timestamp_unit", rep);
     let error_output = error_handling(&mut r, rep);
     let metadata = r
         .node("metadata_fields")
@@ -287,6 +292,7 @@ pub fn parse_read(node: Option<&Node>, fallback: Pos, rep: &mut Reporter) -> Opt
         attributes_map,
         id_attribute,
         timestamp_attribute,
+        timestamp_unit,
         metadata,
         watermark,
         flow_control,

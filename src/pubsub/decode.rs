@@ -60,6 +60,8 @@ pub struct MessageDecoder {
     cfg: ReadConfig,
     json: Option<JsonDecoder>,
     schema: SchemaRef,
+    /// Counts and logs event times far from now (`time::epoch`); the source calls it.
+    pub range: crate::time::epoch::RangeGuard,
 }
 
 impl MessageDecoder {
@@ -120,6 +122,7 @@ impl MessageDecoder {
             cfg: cfg.clone(),
             json,
             schema: Arc::new(Schema::new(fields)),
+            range: Default::default(),
         })
     }
 
@@ -231,8 +234,8 @@ impl MessageDecoder {
     fn event_time(&self, m: &Incoming) -> Result<i64, String> {
         match &self.cfg.timestamp_attribute {
             Some(a) => match m.attributes.get(a) {
-                Some(v) => parse_timestamp(v).ok_or_else(|| {
-                    format!("timestamp attribute `{a}` is neither RFC 3339 nor milliseconds since the epoch: `{v}`")
+                Some(v) => parse_timestamp(v, self.cfg.timestamp_unit).ok_or_else(|| {
+                    format!("timestamp attribute `{a}` is neither RFC 3339 nor an integer epoch time: `{v}`")
                 }),
                 None => Err(format!("timestamp attribute `{a}` is missing")),
             },
@@ -248,11 +251,11 @@ fn map_type() -> DataType {
     arrow::array::Array::data_type(&b).clone()
 }
 
-/// RFC 3339 text or integer milliseconds since the epoch (what Beam's `timestamp_attribute`
-/// accepts).
-pub fn parse_timestamp(v: &str) -> Option<i64> {
-    if let Ok(ms) = v.trim().parse::<i64>() {
-        return Some(ms);
+/// RFC 3339 text or an integer epoch time in `unit` (`auto`: below 10^11 seconds, else
+/// milliseconds, which is Beam's unit for every present-day time).
+pub fn parse_timestamp(v: &str, unit: crate::time::epoch::EpochUnit) -> Option<i64> {
+    if let Ok(n) = v.trim().parse::<i64>() {
+        return unit.int_to_millis(n);
     }
     chrono::DateTime::parse_from_rfc3339(v.trim())
         .ok()
@@ -372,6 +375,7 @@ mod tests {
             attributes_map: None,
             id_attribute: None,
             timestamp_attribute: None,
+            timestamp_unit: Default::default(),
             metadata: MetadataFields {
                 message_id: Some("message_id".into()),
                 ..Default::default()
@@ -468,15 +472,63 @@ mod tests {
         m1.attributes
             .insert("ts".into(), "2026-01-01T00:00:01Z".into());
         let mut m2 = msg("2", "def");
-        m2.attributes.insert("ts".into(), "5000".into());
+        m2.attributes.insert("ts".into(), "1767225602000".into());
         let m3 = msg("3", "ghi");
-        let (rows, bad) = d.decode(&[m1, m2, m3]);
+        // Seconds are read as seconds (`auto`), not as 1970-01-21.
+        let mut m4 = msg("4", "jkl");
+        m4.attributes.insert("ts".into(), "1767225603".into());
+        let (rows, bad) = d.decode(&[m1, m2, m3, m4]);
         let rows = rows.unwrap();
-        assert_eq!(rows.num_rows(), 2);
+        assert_eq!(rows.num_rows(), 3);
         let ts = rows.column_by_name(meta::EVENT_TIME).unwrap();
         let ts = ts.as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!(ts.values(), &[1_767_225_601_000, 5000]);
+        assert_eq!(
+            ts.values(),
+            &[1_767_225_601_000, 1_767_225_602_000, 1_767_225_603_000]
+        );
         assert_eq!(bad.len(), 1);
         assert!(bad[0].1.contains("missing"), "{bad:?}");
+        // A declared unit is exact: 5000 ms, as Beam reads every timestamp attribute.
+        c.timestamp_unit = crate::time::epoch::EpochUnit::Millis;
+        let mut d = MessageDecoder::new(&c).unwrap();
+        let mut m5 = msg("5", "mno");
+        m5.attributes.insert("ts".into(), "5000".into());
+        let (rows, _) = d.decode(&[m5]);
+        let rows = rows.unwrap();
+        let ts = rows.column_by_name(meta::EVENT_TIME).unwrap();
+        let ts = ts.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ts.values(), &[5000]);
+    }
+
+    /// Issue #20: a number that does not fit its integer field is an error record on Pub/Sub
+    /// too (it used to become 2).
+    #[test]
+    fn a_fraction_in_an_integer_field_is_an_error_record() {
+        let mut d = MessageDecoder::new(&cfg(Format::Json)).unwrap();
+        let msgs = vec![
+            msg("1", r#"{"id": 1}"#),
+            msg("2", r#"{"id": 2.9}"#),
+            msg("3", r#"{"id": -9223372036854775809}"#),
+            msg("4", r#"{"id": 4, "name": "x"}"#),
+        ];
+        let (rows, bad) = d.decode(&msgs);
+        let rows = rows.unwrap();
+        let ids = rows.column_by_name("id").unwrap();
+        let ids = ids.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 4]);
+        assert_eq!(
+            bad,
+            vec![
+                (
+                    1,
+                    "field `id`: 2.9 is not an integer (the field's type is integer)".to_string()
+                ),
+                (
+                    2,
+                    "field `id`: -9223372036854775809 is out of range for a 64-bit integer"
+                        .to_string()
+                ),
+            ]
+        );
     }
 }

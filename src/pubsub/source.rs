@@ -374,6 +374,9 @@ impl ReadFromPubSub {
                 rows,
                 acks: vec![token.clone()],
             };
+            if let Some(times) = batch.event_times() {
+                decoder.range.observe(times, now, &self.errors);
+            }
             max_ts = batch.event_times().and_then(arrow::compute::max);
             out.main(batch);
         }

@@ -4,6 +4,10 @@
 //! per-row allocation). Only when that fails is the chunk decoded line by line, to find exactly
 //! which lines are bad; those go to the error output with their payload and the good lines are
 //! decoded together as usual. So a mostly-clean stream pays nothing for error handling.
+//!
+//! Numbers must fit their field exactly (`record::numbers`): a chunk with a number arrow would
+//! cast into an integer field (`record::screen`), a non-finite float, or not one row per
+//! non-blank line goes to line-by-line isolation too.
 
 use std::sync::Arc;
 
@@ -11,6 +15,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
+
+use super::numbers;
+use super::screen::Screen;
 
 /// A record that could not be decoded: where it was, its original bytes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,10 @@ const DECODER_ROWS: usize = 8192;
 /// Decodes newline-delimited JSON objects into batches of a fixed schema.
 pub struct JsonDecoder {
     schema: SchemaRef,
+    /// `schema` has float fields, checked to be finite after decoding.
+    floats: bool,
+    /// Set when `schema` has integer fields: finds numbers arrow would cast into them.
+    screen: Option<Screen>,
     decoder: Decoder,
 }
 
@@ -46,7 +57,12 @@ impl JsonDecoder {
     /// When arrow-json cannot decode into `schema` (an unsupported type).
     pub fn new(schema: SchemaRef) -> Result<Self, ArrowError> {
         let decoder = Self::build(&schema)?;
-        Ok(JsonDecoder { schema, decoder })
+        Ok(JsonDecoder {
+            floats: numbers::has_float_fields(&schema),
+            screen: Screen::new(&schema),
+            schema,
+            decoder,
+        })
     }
 
     fn build(schema: &SchemaRef) -> Result<Decoder, ArrowError> {
@@ -61,32 +77,58 @@ impl JsonDecoder {
     }
 
     /// Decodes `chunk`, a run of complete lines. Blank lines are skipped.
+    ///
+    /// Guarantee: every non-blank line is either one row of the batch (in order) or one
+    /// [`BadRecord`]; a number that does not fit its field is a bad record, never a changed value.
     pub fn decode_lines(&mut self, chunk: &[u8]) -> (Option<RecordBatch>, Vec<BadRecord>) {
+        if self.screen.as_ref().is_some_and(|s| s.is_risky(chunk)) {
+            return self.decode_isolating(chunk);
+        }
         match self.try_decode(chunk) {
             Ok(batch) => (batch, Vec::new()),
+            // An error, or not one row per line (two values on a line, one value over two).
             Err(_) => self.decode_isolating(chunk),
         }
     }
 
+    /// Decodes `chunk` and checks its numbers; the batch has the user's schema.
     fn try_decode(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
-        let mut parts = Vec::new();
-        let mut offset = 0;
-        while offset < chunk.len() {
-            let read = self.decoder.decode(&chunk[offset..])?;
-            offset += read;
-            if read == 0 || self.decoder.len() >= DECODER_ROWS {
-                // The decoder is full: flush what it holds and go on.
-                match self.decoder.flush()? {
-                    Some(b) => parts.push(b),
-                    None if read == 0 => {
-                        return Err(ArrowError::JsonError("decoder made no progress".into()));
-                    }
-                    None => {}
-                }
-            }
+        let Some(batch) = self.try_decode_raw(chunk)? else {
+            return Ok(None);
+        };
+        if self.floats {
+            numbers::check_floats(&batch).map_err(|e| ArrowError::JsonError(e.to_string()))?;
         }
-        if self.decoder.has_partial_record() {
-            return Err(ArrowError::JsonError("truncated JSON record".into()));
+        Ok(Some(batch))
+    }
+
+    /// Feeds the tape decoder one line at a time (the tape is shared, so this is the same
+    /// vectorised decode) and requires each non-blank line to add exactly one complete row: two
+    /// values on a line, or a value over two lines, fail the chunk. Counting rows against lines
+    /// afterwards would not do: the two can cancel out.
+    fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
+            let line = &chunk[start..end.min(chunk.len())];
+            start = end + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let before = self.decoder.len();
+            let read = self.decoder.decode(line)?;
+            if self.decoder.len() != before + 1
+                || (read < line.len() && !line[read..].iter().all(u8::is_ascii_whitespace))
+                || self.decoder.has_partial_record()
+            {
+                return Err(ArrowError::JsonError(
+                    "not exactly one JSON value on the line".into(),
+                ));
+            }
+            if self.decoder.len() >= DECODER_ROWS - 1 {
+                // Room for the next line's row (and for noticing a second one).
+                parts.extend(self.decoder.flush()?);
+            }
         }
         parts.extend(self.decoder.flush()?);
         match parts.len() {
@@ -141,7 +183,20 @@ impl JsonDecoder {
         if std::str::from_utf8(line).is_err() {
             return Err("invalid UTF-8".into());
         }
-        let mut one = Self::build(&self.schema).map_err(|e| e.to_string())?;
+        if self.screen.as_ref().is_some_and(|s| s.is_risky(line)) {
+            // Before arrow casts the number (see `record::numbers`).
+            numbers::check_exact(line, &self.schema)?;
+        }
+        let batch = Self::decode_one(&self.schema, line)?;
+        if self.floats {
+            numbers::check_floats(&batch).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a line that must hold exactly one JSON object.
+    fn decode_one(schema: &SchemaRef, line: &[u8]) -> Result<RecordBatch, String> {
+        let mut one = Self::build(schema).map_err(|e| e.to_string())?;
         let read = one.decode(line).map_err(clean)?;
         if read < line.len() && !line[read..].iter().all(u8::is_ascii_whitespace) {
             return Err("more than one JSON value on the line".into());
@@ -150,10 +205,24 @@ impl JsonDecoder {
             return Err("truncated JSON record".into());
         }
         match one.flush().map_err(clean)? {
-            Some(b) if b.num_rows() == 1 => Ok(()),
+            Some(b) if b.num_rows() == 1 => Ok(b),
             _ => Err("expected one JSON object".into()),
         }
     }
+}
+
+/// Lines of `chunk` holding anything but whitespace. Almost every line starts with a
+/// non-blank byte, so this costs one `memchr` pass.
+pub fn count_lines(chunk: &[u8]) -> usize {
+    let mut n = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
+        if chunk[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
+            n += 1;
+        }
+        start = end + 1;
+    }
+    n
 }
 
 fn trim_end(b: &[u8]) -> &[u8] {
@@ -364,6 +433,74 @@ mod tests {
         let (again, bad) = d.decode_lines(b"{\"id\":7}\n");
         assert!(bad.is_empty());
         assert_eq!(again.unwrap().num_rows(), 1);
+    }
+
+    /// The cost of the number checks on the standard workload's rows (docs/performance.md,
+    /// "Exact numbers"): the plain arrow-json decode (the fast path before issue #20) against
+    /// `decode_lines`. Prints times only; run by hand with
+    /// `cargo test --release --lib decode_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn decode_cost() {
+        let text: String = (0..200_000)
+            .map(|i| {
+                format!(
+                    "{{\"event_id\":\"e{i:08}\",\"recipe_id\":\"r{}\",\"user_id\":\"u{}\",\"action\":\"view\",\"watch_seconds\":{},\"event_time\":\"2026-01-01T00:{:02}:{:02}.123Z\"}}\n",
+                    i % 500,
+                    i % 20_000,
+                    i % 600,
+                    (i / 60) % 60,
+                    i % 60
+                )
+            })
+            .collect();
+        let schema = infer_schema(text.as_bytes().split(|b| *b == b'\n'), 1000).unwrap();
+        let chunks: Vec<&[u8]> = {
+            let mut out = Vec::new();
+            let mut rest = text.as_bytes();
+            while !rest.is_empty() {
+                let end = memchr::memchr_iter(b'\n', rest)
+                    .nth(8191)
+                    .map_or(rest.len(), |i| i + 1);
+                out.push(&rest[..end]);
+                rest = &rest[end..];
+            }
+            out
+        };
+        let time = |f: &mut dyn FnMut()| {
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let mut plain = JsonDecoder::build(&schema).unwrap();
+        let before = time(&mut || {
+            for c in &chunks {
+                plain.decode(c).unwrap();
+                plain.flush().unwrap();
+            }
+        });
+        let mut d = JsonDecoder::new(schema.clone()).unwrap();
+        let after = time(&mut || {
+            for c in &chunks {
+                let (b, bad) = d.decode_lines(c);
+                assert!(b.is_some() && bad.is_empty());
+            }
+        });
+        let screen = Screen::new(&schema).expect("watch_seconds is an integer");
+        let scan = time(&mut || {
+            for c in &chunks {
+                assert!(!screen.is_risky(c));
+            }
+        });
+        println!(
+            "200,000 rows: plain arrow-json {before:?}, decode_lines {after:?} ({:+.1} %), of which the risky-number scan {scan:?}",
+            (after.as_secs_f64() / before.as_secs_f64() - 1.0) * 100.0
+        );
     }
 
     #[test]

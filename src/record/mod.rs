@@ -4,7 +4,9 @@
 mod batch;
 pub mod error_record;
 pub mod json;
+pub mod numbers;
 pub mod rows;
 pub mod schema;
+pub mod screen;
 
 pub use batch::{AckToken, Batch, Hold, abandon, meta, user_columns, with_column};

@@ -27,6 +27,7 @@ pub const BATCH_DURATION: &str = "sluice_batch_duration_seconds";
 pub const WATERMARK: &str = "sluice_watermark_seconds";
 pub const WATERMARK_LAG: &str = "sluice_watermark_lag_seconds";
 pub const CHECK_FAILURES: &str = "sluice_check_failures";
+pub const EVENT_TIME_OUT_OF_RANGE: &str = "sluice_event_time_out_of_range";
 pub const VALVE_OPEN: &str = "sluice_valve_open";
 pub const GATE_OPEN: &str = "sluice_gate_open";
 pub const DEAD_LETTER_RATE: &str = "sluice_dead_letter_rate";
@@ -305,7 +306,7 @@ impl Collector for PipelineMetrics {
 
 impl PipelineMetrics {
     fn encode_at(&self, mut encoder: DescriptorEncoder, now: i64) -> Result<(), std::fmt::Error> {
-        let counters: [CounterSpec; 4] = [
+        let counters: [CounterSpec; 5] = [
             (RECORDS_IN, "Records a transform received.", |s| {
                 s.rows_in.load(Relaxed)
             }),
@@ -322,6 +323,11 @@ impl PipelineMetrics {
             (BATCHES, "Batches a transform processed.", |s| {
                 s.batches_in.load(Relaxed)
             }),
+            (
+                EVENT_TIME_OUT_OF_RANGE,
+                "Event times more than 100 years from now (still processed; usually a numeric timestamp in an unexpected unit).",
+                |s| s.event_time_out_of_range.load(Relaxed),
+            ),
         ];
         for (name, help, read) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -1,5 +1,6 @@
 //! Event time: window assignment and watermark generation, as pure functions with unit tests.
 
+pub mod epoch;
 pub mod rfc3339;
 pub mod watermark;
 pub mod window;

@@ -2,9 +2,11 @@
 //! hidden `__sluice_ts` column; generates watermarks with bounded out-of-orderness.
 //!
 //! Accepted values: Arrow timestamps and dates, RFC 3339 strings (Beam accepts these only when
-//! its pandas reader already parsed them; Sluice accepts them directly), and numbers as epoch
-//! seconds (Beam's semantics, fractions kept to the millisecond). Rows whose value is null or
-//! cannot be read go to the error output.
+//! its pandas reader already parsed them; Sluice accepts them directly), and numbers in the
+//! declared `unit`, by default seconds below 10^11 and milliseconds above (`time::epoch`;
+//! fractions kept to the millisecond). Rows whose value is null or cannot be read go to the
+//! error output. Event times more than 100 years from now are counted and logged
+//! (`time::epoch::RangeGuard`) and processed as given.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use crate::pipeline::operator::{
     END_OF_TIME, EngineError, ErrorRoute, EventTime, Operator, Output,
 };
 use crate::record::{Batch, meta, rows};
+use crate::time::epoch::{EpochUnit, RangeGuard};
 use crate::time::{BoundedOutOfOrderness, rfc3339};
 use crate::transforms::CompiledFor;
 
@@ -32,6 +35,9 @@ pub struct AssignTimestamps {
     generator: Option<BoundedOutOfOrderness>,
     /// The pipeline declared `watermark:`: the generated watermark replaces the input's.
     owns: bool,
+    /// The unit of numeric timestamps.
+    unit: EpochUnit,
+    range: RangeGuard,
 }
 
 impl AssignTimestamps {
@@ -49,12 +55,21 @@ impl AssignTimestamps {
             errors,
             generator: watermark.map(|w| BoundedOutOfOrderness::new(w.max_delay, w.idle_timeout)),
             owns,
+            unit: EpochUnit::Auto,
+            range: RangeGuard::default(),
         }
+    }
+
+    /// Reads numeric timestamps in `unit` (default `auto`).
+    pub fn with_unit(mut self, unit: EpochUnit) -> Self {
+        self.unit = unit;
+        self
     }
 }
 
-/// Converts timestamp values to epoch milliseconds; `Err` per row that cannot be read.
-pub fn to_millis(values: &ArrayRef) -> (Int64Array, Vec<(usize, String)>) {
+/// Converts timestamp values to epoch milliseconds, numbers in `unit`; `Err` per row that
+/// cannot be read.
+pub fn to_millis(values: &ArrayRef, unit: EpochUnit) -> (Int64Array, Vec<(usize, String)>) {
     let n = values.len();
     let ms_type = DataType::Timestamp(TimeUnit::Millisecond, None);
     let converted: Result<Int64Array, String> = match values.data_type() {
@@ -76,6 +91,15 @@ pub fn to_millis(values: &ArrayRef) -> (Int64Array, Vec<(usize, String)>) {
                 .and_then(|a| downcast_i64(&a)),
             }
         }
+        DataType::Int64 => values
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.and_then(|v| unit.int_to_millis(v)))
+                    .collect()
+            })
+            .ok_or_else(|| "internal: Int64 column of another type".to_string()),
         t if t.is_numeric() => match cast(values, &DataType::Float64) {
             Ok(f) => {
                 let f = f
@@ -84,18 +108,13 @@ pub fn to_millis(values: &ArrayRef) -> (Int64Array, Vec<(usize, String)>) {
                     .cloned()
                     .unwrap_or_else(|| Float64Array::from(vec![None; n]));
                 Ok(f.iter()
-                    .map(|v| {
-                        v.and_then(|s| {
-                            let ms = (s * 1000.0).round();
-                            (ms.is_finite() && ms.abs() < 9.2e18).then_some(ms as i64)
-                        })
-                    })
+                    .map(|v| v.and_then(|s| unit.float_to_millis(s)))
                     .collect())
             }
             Err(e) => Err(e.to_string()),
         },
         other => Err(format!(
-            "cannot interpret a value of type {other} as a timestamp; expected a timestamp, an RFC 3339 string or epoch seconds"
+            "cannot interpret a value of type {other} as a timestamp; expected a timestamp, an RFC 3339 string or an epoch number"
         )),
     };
     match converted {
@@ -106,7 +125,7 @@ pub fn to_millis(values: &ArrayRef) -> (Int64Array, Vec<(usize, String)>) {
                     let msg = if values.is_null(i) {
                         "the timestamp is null".to_string()
                     } else {
-                        "cannot interpret the value as a timestamp (expected an RFC 3339 string like 2026-01-01T00:00:05Z, epoch seconds or a timestamp)".to_string()
+                        "cannot interpret the value as a timestamp (expected an RFC 3339 string like 2026-01-01T00:00:05Z, an epoch number within ±2.9e8 years, or a timestamp)".to_string()
                     };
                     (i, msg)
                 })
@@ -145,7 +164,7 @@ impl Operator for AssignTimestamps {
         let Some(values) = evaluated.values.first() else {
             return Ok(());
         };
-        let (ms, bad) = to_millis(values);
+        let (ms, bad) = to_millis(values, self.unit);
         failures.extend(
             bad.iter()
                 .map(|(i, e)| (rows::row_json(&evaluated.rows, *i), e.clone())),
@@ -161,10 +180,12 @@ impl Operator for AssignTimestamps {
             ts = arrow::compute::filter(&ts, &keep)
                 .map_err(|e| EngineError::internal(&name, e.to_string()))?;
         }
-        let max = ts
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .and_then(arrow::compute::max);
+        let times = ts.as_any().downcast_ref::<Int64Array>();
+        if let Some(t) = times {
+            self.range
+                .observe(t, chrono::Utc::now().timestamp_millis(), &self.errors);
+        }
+        let max = times.and_then(arrow::compute::max);
         let with_ts = Batch::new(rows)
             .with_column(meta::EVENT_TIME, ts)
             .map_err(|e| EngineError::internal(&name, e.to_string()))?;
@@ -221,16 +242,23 @@ mod tests {
             Some("not a time"),
             None,
         ]));
-        let (ms, bad) = to_millis(&s);
+        let (ms, bad) = to_millis(&s, EpochUnit::Auto);
         assert_eq!(ms.value(0), 1_767_225_605_250);
         assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(bad[1].1.contains("null"));
         let f: ArrayRef = Arc::new(Float64Array::from(vec![1_767_225_659.999, 1_767_225_600.0]));
-        let (ms, bad) = to_millis(&f);
+        let (ms, bad) = to_millis(&f, EpochUnit::Auto);
         assert!(bad.is_empty());
         assert_eq!(ms.values(), &[1_767_225_659_999, 1_767_225_600_000]);
         let i: ArrayRef = Arc::new(Int64Array::from(vec![1_767_225_660]));
-        assert_eq!(to_millis(&i).0.value(0), 1_767_225_660_000);
+        assert_eq!(to_millis(&i, EpochUnit::Auto).0.value(0), 1_767_225_660_000);
+        // Issue #20: epoch milliseconds are not read as seconds (year 57971).
+        let i: ArrayRef = Arc::new(Int64Array::from(vec![1_767_225_600_123]));
+        assert_eq!(to_millis(&i, EpochUnit::Auto).0.value(0), 1_767_225_600_123);
+        assert_eq!(
+            to_millis(&i, EpochUnit::Seconds).0.value(0),
+            1_767_225_600_123_000
+        );
     }
 
     /// Issue #16: event times two days old from the payload of a stream published now. With

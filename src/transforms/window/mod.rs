@@ -33,6 +33,7 @@ pub fn build(
         TransformConfig::AssignTimestamps {
             timestamp,
             watermark,
+            unit,
         } => {
             // A declared `watermark:` owns the watermark downstream. Without the key, bounded
             // pipelines keep the input watermark (nothing is late, as on Beam's batch runner);
@@ -44,12 +45,15 @@ pub fn build(
                     idle_timeout: None,
                 })
             });
-            Box::new(assign_timestamps::AssignTimestamps::new(
-                timestamp.clone(),
-                watermark,
-                owns,
-                errors,
-            ))
+            Box::new(
+                assign_timestamps::AssignTimestamps::new(
+                    timestamp.clone(),
+                    watermark,
+                    owns,
+                    errors,
+                )
+                .with_unit(*unit),
+            )
         }
         TransformConfig::WindowInto { .. } => Box::new(window_into::WindowInto),
         TransformConfig::Combine { group_by, combine } => {

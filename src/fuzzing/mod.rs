@@ -4,7 +4,9 @@
 //! committed corpus (`fuzz/corpus/<target>/`) and a fixed number of deterministic mutations, so
 //! `cargo test` exercises them on stable Rust.
 //!
-//! Not part of Sluice's API.
+//! Not part of Sluice's API. The decoders' targets are in [`data`] (docs/fuzzing.md).
+
+pub mod data;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,4 @@
+//! libFuzzer entry for `sluice::fuzzing::data::pubsub_messages` (its invariant is documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice::fuzzing::data::pubsub_messages(data));
