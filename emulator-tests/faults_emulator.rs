@@ -16,7 +16,6 @@ use google_cloud_pubsub::model::Message;
 use sluice::pubsub::Connection;
 use support::*;
 
-
 /// One recipe event of the harness input.
 #[derive(Clone)]
 struct Event {
