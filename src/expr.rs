@@ -8,7 +8,6 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{Column, Literal};
-use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -16,6 +15,7 @@ use crate::config::diag::did_you_mean;
 use crate::config::{ExprKind, ExprSpec};
 use crate::record::meta;
 
+pub mod bounded;
 pub mod functions;
 
 /// A compiled expression, valid for the schema it was compiled against.
@@ -79,7 +79,7 @@ pub fn unknown_field(name: &str, schema: &SchemaRef) -> String {
 
 fn compile_sql(sql: &str, schema: &SchemaRef) -> Result<Compiled, String> {
     functions::check_row_expr(sql).map_err(|p| format!("{}; {}", p.message, p.hint))?;
-    let ctx = SessionContext::new();
+    let ctx = bounded::session(datafusion::prelude::SessionConfig::new());
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
     let logical = ctx
         .parse_sql_expr(sql, &df_schema)

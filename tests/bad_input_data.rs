@@ -314,3 +314,66 @@ fn an_unknown_unit_is_a_validation_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_function_asked_for_gigabytes_fails_alone() {
+    // `repeat` with a count from the data: one row asks for 5 GB. It used to abort the worker
+    // (`memory allocation … failed`); now that row is an error record and the others are written.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines = [
+        r#"{"id": 1, "s": "ab", "n": 2}"#,
+        r#"{"id": 2, "s": "xyzzy", "n": 1000000000}"#,
+        r#"{"id": 3, "s": "c", "n": 3}"#,
+    ];
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("good");
+    let errors = dir.path().join("bad");
+    let spec = parse(
+        "repeat.yaml",
+        &format!(
+            r#"
+pipeline:
+  transforms:
+    - type: ReadFromJson
+      name: Read
+      config: {{path: {input}}}
+    - type: MapToFields
+      name: Pad
+      input: Read
+      config:
+        language: sql
+        fields: {{id: id, r: "repeat(s, n)"}}
+      error_handling: {{output: bad}}
+    - type: WriteToJson
+      name: Good
+      input: Pad
+      config: {{path: {out}}}
+    - type: WriteToJson
+      name: Bad
+      input: Pad.bad
+      config: {{path: {errors}}}
+"#,
+            input = input.display(),
+            out = out.display(),
+            errors = errors.display()
+        ),
+    );
+    run_spec(&spec).await.unwrap();
+    assert_eq!(
+        read_json_outputs(&out),
+        vec![json!({"id": 1, "r": "abab"}), json!({"id": 3, "r": "ccc"})]
+    );
+    let bad = read_json_outputs(&errors);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0]["transform"], json!("Pad"));
+    let element: Value = serde_json::from_str(bad[0]["element"].as_str().unwrap()).unwrap();
+    assert_eq!(element, json!({"id": 2, "s": "xyzzy", "n": 1000000000}));
+    let msg = bad[0]["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(
+            "repeat() would produce about 4768 MiB for 1 row(s), more than the limit of 64 MiB (SLUICE_MAX_FUNCTION_OUTPUT)"
+        ),
+        "{msg}"
+    );
+}

@@ -197,7 +197,7 @@ impl Sql {
         out: &mut Output,
     ) -> Result<(), EngineError> {
         let config = SessionConfig::new().with_batch_size(self.batch_size);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = crate::expr::bounded::session(config);
         let mut acks = Vec::new();
         let mut empty = Vec::new();
         let mut names = self.tables.clone();

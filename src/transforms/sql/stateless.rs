@@ -50,7 +50,7 @@ impl Steps {
         names: &[String],
         input: SchemaRef,
     ) -> Result<Steps, CompileError> {
-        let ctx = SessionContext::new();
+        let ctx = crate::expr::bounded::session(datafusion::prelude::SessionConfig::new());
         for name in names {
             let table = MemTable::try_new(input.clone(), vec![Vec::new()])
                 .map_err(|e| CompileError::Invalid(clean(e)))?;
@@ -67,6 +67,19 @@ impl Steps {
         let mut steps = Vec::new();
         collect(&ctx, &plan, &mut steps)?;
         Ok(Steps { input, steps })
+    }
+
+    /// The user columns `query` outputs over one input of schema `input`, when DataFusion can
+    /// plan it (for `validate`'s type checks; the plan needs no data and does no I/O).
+    pub fn output_schema(query: &str, names: &[String], input: SchemaRef) -> Option<SchemaRef> {
+        let ctx = crate::expr::bounded::session(datafusion::prelude::SessionConfig::new());
+        for name in names {
+            let table = MemTable::try_new(input.clone(), vec![Vec::new()]).ok()?;
+            super::register(&ctx, name, Arc::new(table)).ok()?;
+        }
+        let plan = futures::executor::block_on(ctx.state().create_logical_plan(query)).ok()?;
+        sql_options().verify_plan(&plan).ok()?;
+        Some(Arc::new(plan.schema().as_arrow().clone()))
     }
 
     /// The user schema this was compiled for.

@@ -21,7 +21,7 @@ use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionConfig;
 
 mod output;
 
@@ -451,7 +451,7 @@ impl PerWindow {
         let config = SessionConfig::new()
             .with_batch_size(self.batch_size)
             .with_target_partitions(1);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = crate::expr::bounded::session(config);
         for name in &self.names {
             let batches = tables.get(name).map(Vec::as_slice).unwrap_or(&[]);
             let (schema, data) = if batches.is_empty() {
