@@ -2,7 +2,9 @@
 //! boolean. Its type is known for a literal, for an expression that reads no field, and for an
 //! expression over an input whose schema is declared (`Create` rows, a reader's `schema`, a
 //! `ReadFromPubSub` payload schema), passed on by the transforms in between (a `MapToFields`
-//! gives its fields the types of their expressions).
+//! gives its fields the types of their expressions, a `Combine` its keys' and aggregations'
+//! types, an `Explode` its lists' item types, a stateless `Sql` query the types DataFusion
+//! plans for it).
 //! Elsewhere the check happens at run time, with the expression's position.
 
 use std::sync::Arc;
@@ -112,6 +114,44 @@ pub fn known_schema(
             }
             Some(Arc::new(Schema::new(out)))
         }
+        TransformConfig::Combine { group_by, combine } => {
+            let input = single_input(spec, graph, from, depth)?;
+            let mut out: Vec<Field> = Vec::new();
+            for key in group_by {
+                let f = input.field_with_name(&key.value).ok()?;
+                out.push(f.clone().with_nullable(true));
+            }
+            for c in combine {
+                let value_type = match &c.value {
+                    Some(e) => expr_type(e, &input)?,
+                    None => DataType::Int64,
+                };
+                let spec = crate::transforms::window::aggregate::AggSpec::new(c.func, &value_type);
+                out.push(Field::new(&c.output, spec.ok()?.output_type(), true));
+            }
+            Some(Arc::new(Schema::new(out)))
+        }
+        TransformConfig::Explode { fields, .. } => {
+            let input = single_input(spec, graph, from, depth)?;
+            let out: Vec<Field> = input
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::List(item) | DataType::LargeList(item)
+                        if fields.iter().any(|e| &e.value == f.name()) =>
+                    {
+                        Field::new(f.name(), item.data_type().clone(), true)
+                    }
+                    _ => f.as_ref().clone(),
+                })
+                .collect();
+            Some(Arc::new(Schema::new(out)))
+        }
+        TransformConfig::Sql { query } => {
+            let input = single_input(spec, graph, from, depth)?;
+            let names = crate::transforms::sql::table_names(&spec.transforms[from.spec].inputs);
+            crate::transforms::sql::stateless::Steps::output_schema(&query.value, &names, input)
+        }
         TransformConfig::Filter { .. }
         | TransformConfig::Deduplicate { .. }
         | TransformConfig::AssignTimestamps { .. }
@@ -121,6 +161,19 @@ pub fn known_schema(
             [one] => known_schema(spec, graph, one, depth + 1),
             _ => None,
         },
+        _ => None,
+    }
+}
+
+/// The known schema of `node`'s only input.
+fn single_input(
+    spec: &PipelineSpec,
+    graph: &Graph,
+    node: &super::graph::Node,
+    depth: usize,
+) -> Option<SchemaRef> {
+    match &node.inputs[..] {
+        [one] => known_schema(spec, graph, one, depth + 1),
         _ => None,
     }
 }
