@@ -283,6 +283,111 @@ p.yaml:14:15: `keep` of `Typed` must be a boolean expression, but it is type Int
 }
 
 #[test]
+fn keep_after_combine_explode_and_sql_is_typed_by_validate() {
+    let hint = "  hint: a Filter keeps the rows for which `keep` is true, e.g. `keep: amount > 0` (with `language: sql`) or a boolean field";
+    // Combine: the key keeps its type; `count` is an integer, `mean` a float.
+    let combined = "\
+pipeline:
+  type: chain
+  transforms:
+    - type: Create
+      config:
+        elements: [{k: a, n: 1, ok: true}, {k: b, n: 2, ok: false}]
+    - type: Combine
+      config:
+        group_by: [k]
+        combine:
+          rows: {fn: count, value: n}
+          avg: {fn: mean, value: n}
+          every: {fn: all, value: ok}
+    - type: Filter
+      name: Every
+      config: {keep: every}
+    - type: Filter
+      name: Avg
+      config: {keep: avg}
+    - type: Filter
+      name: Key
+      config: {keep: k}
+";
+    refused(
+        combined,
+        &format!(
+            "p.yaml:19:22: `keep` of `Avg` must be a boolean expression, but it is type Float64\n{hint}\np.yaml:22:22: `keep` of `Key` must be a boolean expression, but it is type Utf8\n{hint}"
+        ),
+    );
+    // Explode: a list of integers becomes integers.
+    let exploded = "\
+pipeline:
+  type: chain
+  transforms:
+    - type: Create
+      config:
+        elements: [{k: a, ns: [1, 2]}]
+    - type: Explode
+      config: {fields: [ns]}
+    - type: Filter
+      name: Item
+      config: {keep: ns}
+";
+    refused(
+        exploded,
+        &format!(
+            "p.yaml:11:22: `keep` of `Item` must be a boolean expression, but it is type Int64\n{hint}"
+        ),
+    );
+    // A stateless query: its columns' types as DataFusion plans them.
+    let queried = "\
+pipeline:
+  type: chain
+  transforms:
+    - type: Create
+      config:
+        elements: [{n: 1}, {n: 2}]
+    - type: Sql
+      config:
+        query: SELECT n * 2 AS twice, n > 1 AS big FROM PCOLLECTION
+    - type: Filter
+      name: Big
+      config: {keep: big}
+    - type: Filter
+      name: Twice
+      config: {keep: twice}
+";
+    refused(
+        queried,
+        &format!(
+            "p.yaml:15:22: `keep` of `Twice` must be a boolean expression, but it is type Int64\n{hint}"
+        ),
+    );
+}
+
+#[test]
+fn inline_numbers_that_would_change_are_refused_at_their_position() {
+    // `Create` rows: an integer beyond 64 bits used to become a float, 1e400 a string, and a
+    // large integer in a column that also holds fractions lost its last digits.
+    let text = "\
+pipeline:
+  type: chain
+  transforms:
+    - type: Create
+      config:
+        elements: [{n: 5}, {n: 5.5}, {n: 18446744073709551615}, {n: 9223372036854775807}, {n: 1e400}, {n: 9007199254740992}]
+    - type: WriteToJson
+      config: {path: out/rows}
+";
+    refused(
+        text,
+        "p.yaml:6:42: 18446744073709551615 is out of range for a 64-bit integer
+  hint: write it as a string
+p.yaml:6:69: 9223372036854775807 cannot be held exactly by the float column `n` (other rows have fractions)
+  hint: write it as a string, or keep integers and fractions in separate fields
+p.yaml:6:95: 1e400 is out of range for a 64-bit float (about ±1.8e308)
+  hint: write it as a string",
+    );
+}
+
+#[test]
 fn a_run_time_expression_error_names_the_transform_and_the_file_position() {
     // The input's schema is only known when the file is read, so `validate` cannot know the
     // type of `keep`; the run must still point at it.

@@ -626,7 +626,7 @@ fn check_info(info: &str, pos: Pos, all: &[&str], rep: &mut Reporter) {
 
 fn elements(r: &mut MapReader<'_>, rep: &mut Reporter) -> Vec<serde_json::Value> {
     match r.node("elements") {
-        Some(Node::Sequence(s)) => s.iter().map(to_json).collect(),
+        Some(Node::Sequence(s)) => super::yaml::elements_to_json(s, rep),
         Some(other) => {
             rep.error(
                 pos_of(other),

@@ -11,7 +11,7 @@ use super::components::{TransformConfig, parse_config};
 use super::diag::{Diagnostics, Pos, Reporter, did_you_mean, suggest};
 use super::template;
 use super::window::{Windowing, parse_windowing};
-use super::yaml::{Located, MapReader, kind_of, pos_of, to_json};
+use super::yaml::{Located, MapReader, kind_of, pos_of};
 
 /// A whole pipeline file, parsed and with inputs resolved by name.
 #[derive(Debug, Clone)]
@@ -615,7 +615,7 @@ fn parse_named_elements(node: &Node, key: &str, rep: &mut Reporter) -> Vec<Named
         );
         let name = r.required_string("name", rep);
         let elements = match r.node("elements") {
-            Some(Node::Sequence(s)) => s.iter().map(to_json).collect(),
+            Some(Node::Sequence(s)) => super::yaml::elements_to_json(s, rep),
             Some(other) => {
                 rep.error(pos_of(other), "`elements` must be a list", None);
                 Vec::new()

@@ -77,6 +77,83 @@ fn scalar_to_json(s: &MarkedScalarNode) -> serde_json::Value {
     Value::String(text.to_string())
 }
 
+/// Inline rows (`Create`, `AssertEqual`, a test's `mock_inputs`) as JSON, with their numbers
+/// checked as a data file's are (`record::numbers`): a number never changes silently. Reported
+/// at the number: an integer beyond 64 bits (it used to become a float), a number beyond ±1.8e308
+/// (it used to become a string), and, in a field whose rows mix integers and fractions (the
+/// column is then a float, as in Beam), an integer that a float cannot hold exactly.
+pub fn elements_to_json(seq: &[Node], rep: &mut Reporter) -> Vec<serde_json::Value> {
+    use std::collections::HashSet;
+    let mut floats: HashSet<&str> = HashSet::new();
+    for element in seq {
+        check_numbers(element, rep);
+        if let Node::Mapping(m) = element {
+            for (k, v) in m.iter() {
+                if to_json(v)
+                    .as_number()
+                    .is_some_and(serde_json::Number::is_f64)
+                {
+                    floats.insert(k.as_str());
+                }
+            }
+        }
+    }
+    for element in seq {
+        let Node::Mapping(m) = element else { continue };
+        for (k, v) in m.iter() {
+            let Node::Scalar(s) = v else { continue };
+            if !floats.contains(k.as_str()) {
+                continue;
+            }
+            if let Some(i) = to_json(v).as_i64()
+                && (i as f64) as i128 != i128::from(i)
+            {
+                rep.error(
+                    Pos::from_span(s.span()),
+                    format!(
+                        "{i} cannot be held exactly by the float column `{}` (other rows have fractions)",
+                        k.as_str()
+                    ),
+                    Some("write it as a string, or keep integers and fractions in separate fields".into()),
+                );
+            }
+        }
+    }
+    seq.iter().map(to_json).collect()
+}
+
+/// Reports numbers in `node` that JSON conversion would change.
+fn check_numbers(node: &Node, rep: &mut Reporter) {
+    match node {
+        Node::Sequence(seq) => seq.iter().for_each(|n| check_numbers(n, rep)),
+        Node::Mapping(map) => map.values().for_each(|n| check_numbers(n, rep)),
+        Node::Scalar(s) => {
+            let text = s.as_str();
+            if !s.may_coerce() || !looks_numeric(text) || text.parse::<i64>().is_ok() {
+                return;
+            }
+            let pos = Pos::from_span(s.span());
+            let integral = text
+                .trim_start_matches(['-', '+'])
+                .bytes()
+                .all(|b| b.is_ascii_digit());
+            if integral {
+                rep.error(
+                    pos,
+                    format!("{text} is out of range for a 64-bit integer"),
+                    Some("write it as a string".into()),
+                );
+            } else if text.parse::<f64>().is_ok_and(|f| !f.is_finite()) {
+                rep.error(
+                    pos,
+                    format!("{text} is out of range for a 64-bit float (about ±1.8e308)"),
+                    Some("write it as a string".into()),
+                );
+            }
+        }
+    }
+}
+
 fn looks_numeric(text: &str) -> bool {
     let t = text.trim_start_matches(['-', '+']);
     t.starts_with(|c: char| c.is_ascii_digit() || c == '.')
