@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-target="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
+target="${CARGO_TARGET_DIR:-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== build"
