@@ -75,7 +75,9 @@ async fn jdbc_urls_open_and_describe_hides_the_password() {
 #[tokio::test]
 async fn the_postgres_table_and_redis_hash_hold_what_the_docs_say() {
     let ns = unique("layout");
-    let pg = open(&config(Backend::Postgres, &postgres_url())).await.unwrap();
+    let pg = open(&config(Backend::Postgres, &postgres_url()))
+        .await
+        .unwrap();
     pg.commit(&ns, vec![("k".into(), b"\x00\xff".to_vec())], vec![])
         .await
         .unwrap();
@@ -122,7 +124,9 @@ async fn the_postgres_table_and_redis_hash_hold_what_the_docs_say() {
 #[tokio::test]
 async fn a_failed_postgres_commit_applies_nothing() {
     let ns = unique("pg-atomic");
-    let store = open(&config(Backend::Postgres, &postgres_url())).await.unwrap();
+    let store = open(&config(Backend::Postgres, &postgres_url()))
+        .await
+        .unwrap();
     store
         .commit(&ns, vec![("old".into(), b"1".to_vec())], vec![])
         .await
