@@ -17,9 +17,7 @@ use async_trait::async_trait;
 
 use super::files::{Emitter, FormatWriter, LineChunks, expand, read_blocking, report_bad_lines};
 use super::sink::{FileSinkSpec, WriteFiles};
-use crate::pipeline::operator::{
-    END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink, StageStats,
-};
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink, StageStats};
 use crate::record::json::BadRecord;
 use crate::record::{Batch, numbers, schema};
 
@@ -236,11 +234,7 @@ fn clean_error(msg: &str) -> String {
 impl Source for ReadFromCsv {
     async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
         let this = self.clone();
-        if read_blocking(&self.name, sink, move |emit| this.read(emit)).await? {
-            sink.watermark(END_OF_TIME).await
-        } else {
-            Ok(())
-        }
+        read_blocking(&self.name, sink, move |emit| this.read(emit)).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 
-use crate::pipeline::operator::{EngineError, ErrorRoute, Output, SourceSink};
+use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, Output, SourceSink};
 use crate::pipeline::stats::SinkStats;
 use crate::record::Batch;
 
@@ -126,9 +126,8 @@ impl Emitter {
 
 /// Runs a file source's blocking work (globbing, opening, reading and decoding files) on tokio's
 /// blocking pool and emits what it sends from the source's async task, so no executor thread
-/// waits on the disk. `read` returns when [`Emitter::send`] says the source stopped. True when
-/// the input was read to its end (the caller then sends the end-of-input watermark), false
-/// when the source stopped first.
+/// waits on the disk. `read` returns when [`Emitter::send`] says the source stopped. Once the
+/// input was read to its end, the end-of-input watermark follows; a stopped source sends none.
 ///
 /// # Errors
 /// What `read` returned, a failed emit, or an internal error if `read` panicked.
@@ -136,7 +135,7 @@ pub async fn read_blocking<F>(
     transform: &str,
     sink: &mut dyn SourceSink,
     read: F,
-) -> Result<bool, EngineError>
+) -> Result<(), EngineError>
 where
     F: FnOnce(&mut Emitter) -> Result<(), EngineError> + Send + 'static,
 {
@@ -147,7 +146,7 @@ where
             // The reader's next send fails and it returns.
             drop(rx);
             let _ = reader.await;
-            return Ok(false);
+            return Ok(());
         }
         for (port, batch) in batches {
             sink.emit(port, batch).await?;
@@ -156,7 +155,7 @@ where
     reader
         .await
         .map_err(|e| EngineError::internal(transform, format!("reading files failed: {e}")))??;
-    Ok(true)
+    sink.watermark(END_OF_TIME).await
 }
 
 /// Reports undecodable lines of a file source as `path:line: message`, where `first_line` is the

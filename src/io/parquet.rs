@@ -13,7 +13,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::files::{Emitter, FormatWriter, expand, read_blocking};
 use super::sink::{FileSinkSpec, WriteFiles};
-use crate::pipeline::operator::{END_OF_TIME, EngineError, Output, Source, SourceSink, StageStats};
+use crate::pipeline::operator::{EngineError, Output, Source, SourceSink, StageStats};
 use crate::record::Batch;
 
 #[derive(Clone)]
@@ -27,11 +27,7 @@ pub struct ReadFromParquet {
 impl Source for ReadFromParquet {
     async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
         let this = self.clone();
-        if read_blocking(&self.name, sink, move |emit| this.read(emit)).await? {
-            sink.watermark(END_OF_TIME).await
-        } else {
-            Ok(())
-        }
+        read_blocking(&self.name, sink, move |emit| this.read(emit)).await
     }
 }
 
