@@ -3,11 +3,12 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# .cargo/config.toml sends builds to /var/tmp/sluice-target; a cache mount keeps them between builds.
+# Builds go to /src/target (.dockerignore keeps the host's target/ out); a cache mount keeps them
+# between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/var/tmp/sluice-target \
+    --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin sluice \
-    && install -D -m 0755 /var/tmp/sluice-target/release/sluice /out/sluice
+    && install -D -m 0755 /src/target/release/sluice /out/sluice
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/sluice /usr/local/bin/sluice

@@ -85,6 +85,7 @@ fn totals_pipeline(
     table: &str,
     state: &str,
 ) -> String {
+    let pg = pg_url();
     let read = read_events(subscription);
     format!(
         r#"
@@ -119,7 +120,7 @@ pipeline:
       name: Store
       input: Minutes
       config:
-        url: {PG}
+        url: {pg}
         table: {table}
         upsert_key: [window_start, recipe_id, action]
 "#
@@ -183,7 +184,8 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let table = format!("fault_totals_{}", std::process::id());
     drop_table(&table).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = format!("{{backend: postgres, path: '{PG}', checkpoint_interval: 300ms}}");
+    let pg = pg_url();
+    let state = format!("{{backend: postgres, path: '{pg}', checkpoint_interval: 300ms}}");
     let file = write_pipeline(
         dir.path(),
         &totals_pipeline(&table, &input_sub, &input, &table, &state),
@@ -321,13 +323,14 @@ async fn sharded_totals(conn: &Connection, workers: usize, all: &[Event]) -> Tot
     let mut owners = Vec::new();
     for k in 0..workers {
         // Shared state in Redis (the single-worker tests use Postgres and embedded).
-        let state = "{backend: redis, path: 'redis://127.0.0.1:6379/', checkpoint_interval: 300ms}";
+        let redis = redis_url();
+        let state = format!("{{backend: redis, path: '{redis}', checkpoint_interval: 300ms}}");
         let yaml = totals_pipeline(
             &format!("{table}_{k}"),
             &format!("{prefix}{k}-owner"),
             &format!("{prefix}{k}"),
             &table,
-            state,
+            &state,
         )
         .replace("id_attribute: event_id", "id_attribute: sluice_id");
         let file = dir.path().join(format!("owner-{k}.yaml"));

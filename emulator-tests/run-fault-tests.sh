@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the fault harness (emulator-tests/faults_emulator.rs): workers with durable state are
-# SIGKILLed at random points and restarted against Google's Pub/Sub emulator, the machine's
-# Postgres (sink and state store) and Redis; the final totals must be exact. Starts the emulator
-# on a free port and the stores if they are not running; stops the emulator (also on failure).
+# SIGKILLed at random points and restarted against Google's Pub/Sub emulator, Postgres (sink and
+# state store) and Redis; the final totals must be exact. Starts the emulator and a private
+# Postgres and Redis (stores-emulator.sh) on free ports; stops them (also on failure).
 #
 #   bash emulator-tests/run-fault-tests.sh [extra cargo test args...]
 #   SLUICE_FAULT_SEED=N bash emulator-tests/run-fault-tests.sh   # replay a kill schedule
@@ -15,9 +15,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-stop_emulators_on_exit pubsub
+stop_emulators_on_exit pubsub stores
 
-bash "$HERE/run-stores-tests.sh" start
+env_lines="$(bash "$HERE/stores-emulator.sh" start)"
+eval "$env_lines"
+export SLUICE_TEST_PG_ADDR SLUICE_TEST_REDIS_ADDR
 env_lines="$(bash "$HERE/pubsub-emulator.sh" start)"
 eval "$env_lines"
 export PUBSUB_EMULATOR_HOST

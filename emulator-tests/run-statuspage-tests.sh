@@ -22,7 +22,7 @@ REPO="$(cd "$HERE/.." && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-TARGET="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 SLUICE="$TARGET/debug/sluice"
 ARTIFACT="$REPO/ci-artifacts/status-page.png"
 WORK="$(mktemp -d /tmp/sluice-statuspage.XXXXXX)"
@@ -71,7 +71,8 @@ need_cmd base64
 CHROMIUM="$(command -v chromium)"
 
 log "building sluice"
-# All worktrees share one target dir: touching makes cargo relink this checkout's binary.
+# Worktrees may share one target dir (CARGO_TARGET_DIR): touching makes cargo relink this
+# checkout's binary.
 touch "$REPO/src/lib.rs" "$REPO/src/main.rs"
 (cd "$REPO" && cargo build --quiet --bin sluice) >&2
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the realistic-stream tests (emulator-tests/streams_emulator.rs, issue #16) against
-# Google's Pub/Sub emulator, Postgres and Redis: starts the emulator on a free port, runs the
-# tests one at a time (one of them freezes the emulator with SIGSTOP), stops it (also on
-# failure).
+# Google's Pub/Sub emulator, Postgres and Redis: starts the emulator and a private Postgres and
+# Redis (stores-emulator.sh) on free ports, runs the tests one at a time (one of them freezes the
+# emulator with SIGSTOP), stops them (also on failure).
 #
 #   bash emulator-tests/run-stream-tests.sh [extra cargo test args...]
 # shellcheck source-path=SCRIPTDIR
@@ -15,9 +15,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-stop_emulators_on_exit pubsub
+stop_emulators_on_exit pubsub stores
 
-bash "$HERE/run-stores-tests.sh" start
+env_lines="$(bash "$HERE/stores-emulator.sh" start)"
+eval "$env_lines"
+export SLUICE_TEST_PG_ADDR SLUICE_TEST_REDIS_ADDR
 env_lines="$(bash "$HERE/pubsub-emulator.sh" start)"
 eval "$env_lines"
 export PUBSUB_EMULATOR_HOST

@@ -16,7 +16,6 @@ use google_cloud_pubsub::model::Message;
 use sluice::pubsub::Connection;
 use support::*;
 
-const REDIS: &str = "redis://127.0.0.1:6379/";
 const MIN: i64 = 60_000;
 
 /// One row of the export.
@@ -130,6 +129,7 @@ fn pipeline_with_delay(
     state: Option<&str>,
     max_delay: &str,
 ) -> String {
+    let pg = pg_url();
     let options = match state {
         Some(s) => format!("options:\n  name: {name}\n  state: {s}\n"),
         None => format!("options:\n  name: {name}\n"),
@@ -173,7 +173,7 @@ fn pipeline_with_delay(
       name: Store
       input: Minutes
       config:
-        url: {PG}
+        url: {pg}
         table: {table}
         upsert_key: [window_start, recipe_id]
 "#
@@ -443,7 +443,8 @@ async fn sigkills_with_default_window_settings_give_exact_minutes() {
     let table = format!("stream_killed_{}", std::process::id());
     drop_table(&table).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = format!("{{backend: postgres, path: '{PG}', checkpoint_interval: 300ms}}");
+    let pg = pg_url();
+    let state = format!("{{backend: postgres, path: '{pg}', checkpoint_interval: 300ms}}");
     let name = format!("killed{}", std::process::id());
     // In order within 7 s and `max_delay: 10s`: after a restart, the burst published since the
     // kill is minutes of event time ahead of what the killed worker had pulled, which comes back
@@ -497,7 +498,8 @@ async fn a_second_replica_stands_by_and_takes_over_exactly() {
     let table = format!("stream_replicas_{}", std::process::id());
     drop_table(&table).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = format!("{{backend: redis, path: '{REDIS}', checkpoint_interval: 300ms}}");
+    let redis = redis_url();
+    let state = format!("{{backend: redis, path: '{redis}', checkpoint_interval: 300ms}}");
     let name = format!("replicas{}", std::process::id());
     let file = write_pipeline(
         dir.path(),

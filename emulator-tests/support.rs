@@ -371,11 +371,29 @@ pub async fn publish_all(conn: &Connection, to: &str, messages: Vec<Message>) ->
 
 // --- Postgres sinks and fault schedules (faults_emulator.rs, streams_emulator.rs) ---
 
-/// The machine's Postgres, database `test` (emulator-tests/run-stores-tests.sh starts it).
-pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// `host:port` of the test Postgres: `SLUICE_TEST_PG_ADDR` (set for the private server
+/// emulator-tests/stores-emulator.sh starts), else 127.0.0.1:5432. User `postgres` (trust auth).
+pub fn pg_addr() -> String {
+    std::env::var("SLUICE_TEST_PG_ADDR").unwrap_or_else(|_| "127.0.0.1:5432".into())
+}
+
+/// `host:port` of the test Redis: `SLUICE_TEST_REDIS_ADDR`, else 127.0.0.1:6379.
+pub fn redis_addr() -> String {
+    std::env::var("SLUICE_TEST_REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".into())
+}
+
+/// The test Postgres, database `test`.
+pub fn pg_url() -> String {
+    format!("postgres://postgres@{}/test", pg_addr())
+}
+
+/// The test Redis, database 0.
+pub fn redis_url() -> String {
+    format!("redis://{}/", redis_addr())
+}
 
 pub async fn pg() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
         .await
         .expect("postgres");
     tokio::spawn(conn);

@@ -58,11 +58,15 @@ pub enum Command {
         #[arg(long = "var", value_parser = parse_var)]
         vars: Vec<(String, String)>,
     },
-    /// Print the resolved graph.
+    /// Print the resolved graph: windowing, what each source reads and each sink writes,
+    /// valves, gates and the state backend.
     Explain {
         pipeline: PathBuf,
         #[arg(long = "var", value_parser = parse_var)]
         vars: Vec<(String, String)>,
+        /// `text`, or `mermaid` for a Mermaid flowchart of the graph.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
     },
     /// Create the topics, subscriptions and tables a pipeline declares.
     Setup {
@@ -76,6 +80,13 @@ pub enum Command {
         #[arg(long, default_value = "sluice-demo")]
         out: PathBuf,
     },
+}
+
+/// The output of `sluice explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainFormat {
+    Text,
+    Mermaid,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -114,9 +125,16 @@ pub async fn main(cli: Cli) -> u8 {
             }
             code
         }
-        Command::Explain { pipeline, vars } => match load(&pipeline, &vars) {
+        Command::Explain {
+            pipeline,
+            vars,
+            format,
+        } => match load(&pipeline, &vars) {
             Ok((spec, graph)) => {
-                print!("{}", explain(&spec, &graph));
+                match format {
+                    ExplainFormat::Text => print!("{}", crate::explain::text(&spec, &graph)),
+                    ExplainFormat::Mermaid => print!("{}", crate::explain::mermaid(&spec, &graph)),
+                }
                 EXIT_OK
             }
             Err(d) => {
@@ -461,60 +479,6 @@ async fn test(pipelines: &[PathBuf], vars: &[(String, String)]) -> u8 {
     }
     println!("{passed} passed, {failed} failed");
     code
-}
-
-/// The resolved graph as text.
-pub fn explain(spec: &PipelineSpec, graph: &Graph) -> String {
-    use std::fmt::Write;
-    let mut s = format!("pipeline {} ({})\n", spec.name, spec.file);
-    for &i in &graph.order {
-        let n = &graph.nodes[i];
-        let inputs: Vec<String> = n
-            .inputs
-            .iter()
-            .map(|e| {
-                let from = &graph.nodes[e.from];
-                let port = &from.ports[e.port];
-                let r = if port.is_empty() {
-                    from.name.clone()
-                } else {
-                    format!("{}.{port}", from.name)
-                };
-                match &e.alias {
-                    Some(a) => format!("{a}={r}"),
-                    None => r,
-                }
-            })
-            .collect();
-        let _ = write!(s, "  {} [{}]", n.name, n.type_name);
-        if !inputs.is_empty() {
-            let _ = write!(s, " <- {}", inputs.join(", "));
-        }
-        let outs: Vec<&str> = n.ports.iter().skip(1).map(String::as_str).collect();
-        if !outs.is_empty() {
-            let _ = write!(s, "; outputs: {}", outs.join(", "));
-        }
-        if n.windowing != config::Windowing::global() {
-            let _ = write!(s, "; windowing: {:?}", n.windowing.kind);
-        }
-        if let config::TransformConfig::WriteToPubSub(w) = &spec.transforms[n.spec].config
-            && let Some(shard) = &w.shard
-        {
-            let _ = write!(
-                s,
-                "; shard: [{}] mod {} -> {}",
-                shard.fields().join(", "),
-                shard.count,
-                if crate::pubsub::shard::is_per_shard(&w.topic.value) {
-                    format!("topics {}", w.topic.value)
-                } else {
-                    format!("attribute sluice_shard on {}", w.topic.value)
-                }
-            );
-        }
-        s.push('\n');
-    }
-    s
 }
 
 /// [`summary`] as structured log entries (`SLUICE_LOG_FORMAT=json`): one INFO `Run summary`

@@ -5,6 +5,7 @@ pub mod bigquery;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod expr;
 #[doc(hidden)]
 pub mod fuzzing;

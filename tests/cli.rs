@@ -121,6 +121,127 @@ tests:
     );
 }
 
+/// `sluice explain` on pipelines/recipe_checks.yaml, its variables given so that the
+/// environment cannot change the output.
+fn explain_recipe_checks(format: &[&str]) -> String {
+    let mut args = vec!["explain", "pipelines/recipe_checks.yaml"];
+    for var in [
+        "subscription=events-sub",
+        "control_topic=control",
+        "stats_topic=stats",
+        "dead_letter_topic=dead",
+    ] {
+        args.extend(["--var", var]);
+    }
+    args.extend(format);
+    let (code, stdout, stderr) = sluice(&args, &root());
+    assert_eq!(code, 0, "{stderr}");
+    stdout
+}
+
+#[test]
+fn explain_says_windowing_targets_valves_gates_and_state_in_the_users_words() {
+    let expected = "\
+pipeline recipe_checks (pipelines/recipe_checks.yaml)
+  ReadEvents [ReadFromPubSub]; outputs: malformed; reads subscription events-sub
+  EventTime [AssignTimestamps] <- ReadEvents; outputs: bad_time
+  PerMinute [Combine] <- EventTime; windowing: fixed 1m
+  DeadLetters [Flatten] <- ReadEvents.malformed, EventTime.bad_time
+  MinuteShape [Check] <- PerMinute; windowing: fixed 1m
+  PublishDeadLetters [WriteToPubSub] <- DeadLetters; writes topic dead
+  MinuteVolume [Check] <- MinuteShape; windowing: fixed 1m; \
+valve recipe_checks/MinuteVolume: closes on failure, re-checks after 5m
+  WithWindow [ExtractWindowingInfo] <- MinuteVolume; windowing: fixed 1m
+  PublishStats [WriteToPubSub] <- WithWindow; windowing: fixed 1m; writes topic stats
+valves: recipe_checks/MinuteVolume
+gates: none
+control topic: control
+state: memory (nothing survives a restart)
+";
+    assert_eq!(explain_recipe_checks(&[]), expected);
+    assert_eq!(explain_recipe_checks(&["--format", "text"]), expected);
+}
+
+#[test]
+fn explain_draws_a_mermaid_flowchart() {
+    assert_eq!(
+        explain_recipe_checks(&["--format", "mermaid"]),
+        r#"flowchart LR
+  n0["ReadEvents<br/>ReadFromPubSub<br/>reads subscription events-sub"]
+  n1["EventTime<br/>AssignTimestamps"]
+  n2["PerMinute<br/>Combine<br/>windowing: fixed 1m"]
+  n7["DeadLetters<br/>Flatten"]
+  n3["MinuteShape<br/>Check"]
+  n8["PublishDeadLetters<br/>WriteToPubSub<br/>writes topic dead"]
+  n4["MinuteVolume<br/>Check<br/>valve recipe_checks/MinuteVolume: closes on failure, re-checks after 5m"]
+  n5["WithWindow<br/>ExtractWindowingInfo"]
+  n6["PublishStats<br/>WriteToPubSub<br/>writes topic stats"]
+  n0 --> n1
+  n1 --> n2
+  n0 -.->|"malformed"| n7
+  n1 -.->|"bad_time"| n7
+  n2 --> n3
+  n7 --> n8
+  n3 --> n4
+  n4 --> n5
+  n5 --> n6
+"#
+    );
+}
+
+#[test]
+fn explain_names_gates_state_and_store_targets_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+options:
+  control_topic: ctl
+  gates: [upstream/Volume]
+  state: {backend: postgres, path: \"postgres://sluice:secret@db:5432/app\", checkpoint_interval: 30s}
+pipeline:
+  transforms:
+    - type: ReadFromPubSub
+      name: Read
+      config: {topic: events, format: RAW}
+    - type: Combine
+      name: Sessions
+      input: Read
+      windowing: {type: sessions, gap: 5m}
+      config: {group_by: [data], combine: {n: {fn: count, value: data}}}
+    - type: WindowInto
+      name: Sliding
+      input: Read
+      config: {windowing: {type: sliding, size: 10m, period: 1m}}
+    - type: WriteToRedis
+      name: Cache
+      input: Sessions
+      config: {url: \"redis://:pw@cache:6379/1\", key: \"s:{data}\", mode: json}
+    - type: WriteToPostgres
+      name: Table
+      input: Sliding
+      config: {url: \"jdbc:postgresql://db:5432/app?user=u&password=p\", table: public.t, upsert_key: [data]}
+";
+    std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+    let (code, stdout, stderr) = sluice(&["explain", "p.yaml"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "\
+pipeline p (p.yaml)
+  Read [ReadFromPubSub]; reads topic events
+  Sessions [Combine] <- Read; windowing: sessions gap 5m
+  Sliding [WindowInto] <- Read; windowing: sliding 10m every 1m
+  Cache [WriteToRedis] <- Sessions; windowing: sessions gap 5m; \
+writes Redis keys s:{data} (json) at redis://…@cache:6379/1
+  Table [WriteToPostgres] <- Sliding; windowing: sliding 10m every 1m; \
+writes Postgres table public.t at postgresql://db:5432/app
+valves: none
+gates: upstream/Volume
+control topic: ctl
+state: postgres postgres://…@db:5432/app, checkpoint every 30s
+"
+    );
+}
+
 #[test]
 fn run_and_explain() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +283,10 @@ pipeline:
     assert_eq!(code, 0);
     assert_eq!(
         stdout,
-        "pipeline p (p.yaml)\n  ReadFromJson [ReadFromJson]\n  MapToFields [MapToFields] <- ReadFromJson\n  WriteToJson [WriteToJson] <- MapToFields\n"
+        "pipeline p (p.yaml)\n  ReadFromJson [ReadFromJson]; reads path in.jsonl\n  \
+         MapToFields [MapToFields] <- ReadFromJson\n  \
+         WriteToJson [WriteToJson] <- MapToFields; writes path out\n\
+         valves: none\ngates: none\nstate: memory (nothing survives a restart)\n"
     );
     let (code, _, stderr) = sluice(
         &["run", "p.yaml", "--var", "input=missing.jsonl"],

@@ -2,8 +2,8 @@
 //! checkpoint restored by a new Combine (a restarted worker) gives the same panes as one run
 //! over the same input, redelivered and republished messages are counted once, holds are
 //! released only by a commit, and panes not yet written are emitted again after a restart.
-//! The persistent backends run the same protocol (tests/state_stores.rs tests the stores; the
-//! fault harness in emulator-tests/ kills real workers).
+//! The persistent backends run the same protocol (emulator-tests/state_stores.rs tests the
+//! stores; the fault harness in emulator-tests/ kills real workers).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

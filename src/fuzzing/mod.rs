@@ -54,7 +54,8 @@ pub fn pipeline_loader(data: &[u8]) {
     match rep.finish(()) {
         Ok(()) => {
             let _ = crate::pipeline::check::hints(&spec, &graph);
-            let _ = crate::cli::explain(&spec, &graph);
+            let _ = crate::explain::text(&spec, &graph);
+            let _ = crate::explain::mermaid(&spec, &graph);
         }
         Err(d) => {
             for diag in &d.0 {

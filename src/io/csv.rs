@@ -15,16 +15,15 @@ use arrow::csv::writer::{Writer, WriterBuilder};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 
-use super::files::{FormatWriter, LineChunks, expand, forward, report_bad_lines};
+use super::files::{Emitter, FormatWriter, LineChunks, expand, read_blocking, report_bad_lines};
 use super::sink::{FileSinkSpec, WriteFiles};
-use crate::pipeline::operator::{
-    END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink, StageStats,
-};
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink, StageStats};
 use crate::record::json::BadRecord;
 use crate::record::{Batch, numbers, schema};
 
 const INFER_SAMPLE: usize = 1000;
 
+#[derive(Clone)]
 pub struct ReadFromCsv {
     pub name: String,
     pub pattern: String,
@@ -234,6 +233,14 @@ fn clean_error(msg: &str) -> String {
 #[async_trait]
 impl Source for ReadFromCsv {
     async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let this = self.clone();
+        read_blocking(&self.name, sink, move |emit| this.read(emit)).await
+    }
+}
+
+impl ReadFromCsv {
+    /// Reads and decodes every file, sending each chunk's rows and error records; blocking.
+    fn read(&self, emit: &mut Emitter) -> Result<(), EngineError> {
         let paths = expand(&self.name, &self.pattern)?;
         let schema = self.schema(&paths[0])?;
         let decoder = self.decoder(&schema);
@@ -248,9 +255,6 @@ impl Source for ReadFromCsv {
             while let Some(chunk) = chunks.next_chunk().map_err(|e| {
                 EngineError::external(&self.name, format!("cannot read {}", path.display()), e)
             })? {
-                if sink.stopping() {
-                    return Ok(());
-                }
                 let mut chunk = chunk;
                 if header {
                     header = false;
@@ -263,10 +267,12 @@ impl Source for ReadFromCsv {
                 if let Some(rows) = rows {
                     out.main(Batch::new(rows));
                 }
-                forward(&mut out, sink).await?;
+                if !emit.send(&mut out) {
+                    return Ok(());
+                }
             }
         }
-        sink.watermark(END_OF_TIME).await
+        Ok(())
     }
 }
 

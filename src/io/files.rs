@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 
-use crate::pipeline::operator::{EngineError, ErrorRoute, Output, SourceSink};
+use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, Output, SourceSink};
 use crate::pipeline::stats::SinkStats;
 use crate::record::Batch;
 
@@ -102,6 +102,60 @@ pub async fn forward(out: &mut Output, sink: &mut dyn SourceSink) -> Result<(), 
         sink.emit(port, batch).await?;
     }
     Ok(())
+}
+
+/// How many emits a file source's reading thread may run ahead of the pipeline: enough to
+/// overlap reading and decoding with downstream work, few enough that memory stays a couple of
+/// batches (each `batch_size` rows).
+const READ_AHEAD: usize = 2;
+
+/// The reading side of [`read_blocking`]: hands what a source's [`Output`] collected to the
+/// async task that emits it.
+pub struct Emitter {
+    tx: tokio::sync::mpsc::Sender<Vec<(usize, Batch)>>,
+}
+
+impl Emitter {
+    /// Sends the rows and error records collected in `out` (waiting while the pipeline is
+    /// behind). False once the source stopped or failed downstream: read no more and return.
+    pub fn send(&mut self, out: &mut Output) -> bool {
+        let batches: Vec<(usize, Batch)> = out.drain().collect();
+        batches.is_empty() || self.tx.blocking_send(batches).is_ok()
+    }
+}
+
+/// Runs a file source's blocking work (globbing, opening, reading and decoding files) on tokio's
+/// blocking pool and emits what it sends from the source's async task, so no executor thread
+/// waits on the disk. `read` returns when [`Emitter::send`] says the source stopped. Once the
+/// input was read to its end, the end-of-input watermark follows; a stopped source sends none.
+///
+/// # Errors
+/// What `read` returned, a failed emit, or an internal error if `read` panicked.
+pub async fn read_blocking<F>(
+    transform: &str,
+    sink: &mut dyn SourceSink,
+    read: F,
+) -> Result<(), EngineError>
+where
+    F: FnOnce(&mut Emitter) -> Result<(), EngineError> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = tokio::task::spawn_blocking(move || read(&mut Emitter { tx }));
+    while let Some(batches) = rx.recv().await {
+        if sink.stopping() {
+            // The reader's next send fails and it returns.
+            drop(rx);
+            let _ = reader.await;
+            return Ok(());
+        }
+        for (port, batch) in batches {
+            sink.emit(port, batch).await?;
+        }
+    }
+    reader
+        .await
+        .map_err(|e| EngineError::internal(transform, format!("reading files failed: {e}")))??;
+    sink.watermark(END_OF_TIME).await
 }
 
 /// Reports undecodable lines of a file source as `path:line: message`, where `first_line` is the

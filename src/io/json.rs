@@ -9,16 +9,15 @@ use arrow::datatypes::SchemaRef;
 use arrow::json::writer::{LineDelimited, Writer, WriterBuilder};
 use async_trait::async_trait;
 
-use super::files::{FormatWriter, LineChunks, expand, forward, report_bad_lines};
+use super::files::{Emitter, FormatWriter, LineChunks, expand, read_blocking, report_bad_lines};
 use super::sink::{FileSinkSpec, WriteFiles};
-use crate::pipeline::operator::{
-    END_OF_TIME, EngineError, ErrorRoute, Output, Source, SourceSink, StageStats,
-};
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink, StageStats};
 use crate::record::{Batch, json, schema};
 
 /// Lines sampled from the first file to infer a schema when none is declared.
 const INFER_SAMPLE: usize = 1000;
 
+#[derive(Clone)]
 pub struct ReadFromJson {
     name: String,
     pattern: String,
@@ -74,9 +73,9 @@ fn io_err(name: &str, path: &std::path::Path, e: std::io::Error) -> EngineError 
     EngineError::external(name, format!("cannot read {}", path.display()), e)
 }
 
-#[async_trait]
-impl Source for ReadFromJson {
-    async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+impl ReadFromJson {
+    /// Reads and decodes every file, sending each chunk's rows and error records; blocking.
+    fn read(&self, emit: &mut Emitter) -> Result<(), EngineError> {
         let paths = expand(&self.name, &self.pattern)?;
         let schema = self.schema(&paths[0])?;
         let mut decoder = json::JsonDecoder::new(schema)
@@ -91,19 +90,26 @@ impl Source for ReadFromJson {
                 .next_chunk()
                 .map_err(|e| io_err(&self.name, path, e))?
             {
-                if sink.stopping() {
-                    return Ok(());
-                }
                 let (rows, bad) = decoder.decode_lines(chunk);
                 report_bad_lines(&self.errors, &mut out, path, first_line, bad);
                 first_line += memchr::memchr_iter(b'\n', chunk).count();
                 if let Some(rows) = rows {
                     out.main(Batch::new(rows));
                 }
-                forward(&mut out, sink).await?;
+                if !emit.send(&mut out) {
+                    return Ok(());
+                }
             }
         }
-        sink.watermark(END_OF_TIME).await
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for ReadFromJson {
+    async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let this = self.clone();
+        read_blocking(&self.name, sink, move |emit| this.read(emit)).await
     }
 }
 

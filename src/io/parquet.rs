@@ -11,11 +11,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::files::{FormatWriter, expand};
+use super::files::{Emitter, FormatWriter, expand, read_blocking};
 use super::sink::{FileSinkSpec, WriteFiles};
-use crate::pipeline::operator::{END_OF_TIME, EngineError, Source, SourceSink, StageStats};
+use crate::pipeline::operator::{EngineError, Output, Source, SourceSink, StageStats};
 use crate::record::Batch;
 
+#[derive(Clone)]
 pub struct ReadFromParquet {
     pub name: String,
     pub pattern: String,
@@ -25,6 +26,15 @@ pub struct ReadFromParquet {
 #[async_trait]
 impl Source for ReadFromParquet {
     async fn run(&mut self, sink: &mut dyn SourceSink) -> Result<(), EngineError> {
+        let this = self.clone();
+        read_blocking(&self.name, sink, move |emit| this.read(emit)).await
+    }
+}
+
+impl ReadFromParquet {
+    /// Reads every file's row groups as batches, sending each; blocking.
+    fn read(&self, emit: &mut Emitter) -> Result<(), EngineError> {
+        let mut out = Output::new(1);
         for path in expand(&self.name, &self.pattern)? {
             let ext = |e: &dyn std::fmt::Display| EngineError::External {
                 transform: self.name.clone(),
@@ -38,13 +48,13 @@ impl Source for ReadFromParquet {
                 .build()
                 .map_err(|e| ext(&e))?;
             for rows in reader {
-                if sink.stopping() {
+                out.main(Batch::new(rows.map_err(|e| ext(&e))?));
+                if !emit.send(&mut out) {
                     return Ok(());
                 }
-                sink.emit(0, Batch::new(rows.map_err(|e| ext(&e))?)).await?;
             }
         }
-        sink.watermark(END_OF_TIME).await
+        Ok(())
     }
 }
 

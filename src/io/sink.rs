@@ -4,7 +4,8 @@
 //! On bounded input it writes one file set, committed when the input ends (Beam's batch
 //! naming, `PATH-SSSSS-of-NNNNN`). On unbounded input ([`super::streaming`]) it commits files as
 //! windows end or sets fill, and releases the acknowledgement holds of a file's rows right after
-//! the file was renamed into place.
+//! the file was renamed into place. Every write, flush and rename runs on tokio's blocking pool
+//! (`spawn_blocking`), never on an executor thread.
 
 use std::sync::Arc;
 
@@ -33,23 +34,51 @@ pub struct WriteFiles {
     path: String,
 }
 
+/// The file state of either mode is `None` only while a blocking call has it, or after that
+/// call panicked.
 enum Mode {
-    Bounded(ShardedFiles),
-    /// `None` only while a blocking call has it, or after that call panicked.
+    Bounded(Option<Box<ShardedFiles>>),
     Streaming(Option<Box<StreamFiles>>),
+}
+
+/// Runs `f` on `slot`'s state on tokio's blocking pool and puts the state back.
+async fn off_thread<S, T, F>(
+    transform: &str,
+    slot: &mut Option<Box<S>>,
+    f: F,
+) -> Result<T, EngineError>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&mut S) -> T + Send + 'static,
+{
+    let Some(mut files) = slot.take() else {
+        return Err(EngineError::internal(
+            transform,
+            "the file sink's state was lost by an earlier failure",
+        ));
+    };
+    let (files, res) = tokio::task::spawn_blocking(move || {
+        let res = f(&mut files);
+        (files, res)
+    })
+    .await
+    .map_err(|e| EngineError::internal(transform, format!("a file write failed: {e}")))?;
+    *slot = Some(files);
+    Ok(res)
 }
 
 impl WriteFiles {
     pub fn new(spec: &FileSinkSpec<'_>, open: Arc<OpenWriter>, stats: Arc<StageStats>) -> Self {
         let sink_stats = stats.sink().clone();
         let mode = match spec.streaming {
-            None => Mode::Bounded(ShardedFiles::new(
+            None => Mode::Bounded(Some(Box::new(ShardedFiles::new(
                 spec.transform,
                 spec.path,
                 spec.num_shards,
                 open,
                 sink_stats,
-            )),
+            )))),
             Some(policy) => Mode::Streaming(Some(Box::new(StreamFiles::new(
                 spec.transform,
                 spec.path,
@@ -88,20 +117,7 @@ impl WriteFiles {
         let Mode::Streaming(slot) = &mut self.mode else {
             return Ok(None);
         };
-        let Some(mut files) = slot.take() else {
-            return Err(EngineError::internal(
-                &self.transform,
-                "the file sink's state was lost by an earlier failure",
-            ));
-        };
-        let (files, res) = tokio::task::spawn_blocking(move || {
-            let res = f(&mut files);
-            (files, res)
-        })
-        .await
-        .map_err(|e| EngineError::internal(&self.transform, format!("a file write failed: {e}")))?;
-        *slot = Some(files);
-        let (committed, value) = res?;
+        let (committed, value) = off_thread(&self.transform, slot, f).await??;
         if !committed.paths.is_empty() {
             tracing::debug!(
                 transform = %self.transform,
@@ -132,10 +148,15 @@ impl Operator for WriteFiles {
         _out: &mut Output,
     ) -> Result<(), EngineError> {
         match &mut self.mode {
-            Mode::Bounded(files) => {
-                files.write(&batch.user_rows())?;
-                files.hold(batch.acks);
-                Ok(())
+            Mode::Bounded(slot) => {
+                let rows = batch.user_rows();
+                let acks = batch.acks;
+                off_thread(&self.transform, slot, move |files| {
+                    files.write(&rows)?;
+                    files.hold(acks);
+                    Ok(())
+                })
+                .await?
             }
             Mode::Streaming(_) => {
                 let now = tokio::time::Instant::now().into_std();
@@ -179,8 +200,8 @@ impl Operator for WriteFiles {
 
     async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
         match &mut self.mode {
-            Mode::Bounded(files) => {
-                let committed = files.finish()?;
+            Mode::Bounded(slot) => {
+                let committed = off_thread(&self.transform, slot, ShardedFiles::finish).await??;
                 self.stats
                     .outputs
                     .lock()

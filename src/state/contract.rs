@@ -1,6 +1,6 @@
 //! The behaviour every [`StateStore`] backend must show, as one test function per property
-//! group. Shared by the backends' unit tests and by tests/state_stores.rs (which includes this
-//! file with `#[path]`), so memory, embedded, Redis and Postgres are held to the same checks.
+//! group. Shared by the backends' unit tests and by emulator-tests/state_stores.rs (which
+//! includes this file with `#[path]`), so memory, embedded, Redis and Postgres are held to the same checks.
 //! Everything written is deleted again: runs against shared servers leave nothing behind.
 
 use super::{StateConfig, StateStore, open};

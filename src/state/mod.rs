@@ -15,4 +15,5 @@ mod store;
 mod contract;
 
 pub use config::{Backend, StateConfig};
+pub(crate) use store::redact;
 pub use store::{StateError, StateStore, open};

@@ -1,8 +1,10 @@
-//! `WriteToRedis` against the real server (127.0.0.1:6379; see
-//! emulator-tests/run-stores-tests.sh). Every test writes under its own key prefix. Without
+//! `WriteToRedis` against a real server (at `SLUICE_TEST_REDIS_ADDR`; see
+//! emulator-tests/run-stores-tests.sh, which starts a private one). Every test writes under its own key prefix. Without
 //! the server these tests fail: they never skip.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +15,9 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use sluice::sinks::redis::WriteToRedis;
 
-const URL: &str = "redis://127.0.0.1:6379";
+fn url() -> String {
+    format!("redis://{}", support::redis_addr())
+}
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -24,11 +28,11 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(URL)
+    redis::Client::open(url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .expect("Redis must be running on 127.0.0.1:6379 (emulator-tests/run-stores-tests.sh starts it)")
+        .expect("Redis must be running at SLUICE_TEST_REDIS_ADDR (emulator-tests/run-stores-tests.sh starts it)")
 }
 
 /// Every key under `prefix` with its type and contents, for exact comparisons.
@@ -108,8 +112,9 @@ async fn hash_mode_writes_exact_hashes_with_ttl_and_a_replay_changes_nothing() {
             json!({"recipe_id": "r1", "window_start": "10:00", "views": 7, "title": null}),
         ],
     );
+    let url = url();
     let cfg = format!(
-        "{{url: \"{URL}\", key: \"{p}recipe:{{recipe_id}}:views:{{window_start}}\", \
+        "{{url: \"{url}\", key: \"{p}recipe:{{recipe_id}}:views:{{window_start}}\", \
          fields: [views, title], ttl: 1h}}"
     );
     let spec = parse(
@@ -149,6 +154,7 @@ async fn json_string_and_zset_modes() {
             json!({"recipe_id": "r2", "hour": "10", "views": 15, "title": "Pie"}),
         ],
     );
+    let url = url();
     let text = format!(
         r#"
 pipeline:
@@ -159,15 +165,15 @@ pipeline:
     - type: WriteToRedis
       name: Top
       input: Read
-      config: {{url: "{URL}", mode: zset, key: "{p}top:{{hour}}", member: "{{recipe_id}}", score: views}}
+      config: {{url: "{url}", mode: zset, key: "{p}top:{{hour}}", member: "{{recipe_id}}", score: views}}
     - type: WriteToRedis
       name: Json
       input: Read
-      config: {{url: "{URL}", mode: json, key: "{p}json:{{recipe_id}}:{{hour}}"}}
+      config: {{url: "{url}", mode: json, key: "{p}json:{{recipe_id}}:{{hour}}"}}
     - type: WriteToRedis
       name: Title
       input: Read
-      config: {{url: "{URL}", mode: string, key: "{p}title:{{recipe_id}}", value: title, ttl: 30s}}
+      config: {{url: "{url}", mode: string, key: "{p}title:{{recipe_id}}", value: title, ttl: 30s}}
 "#,
         input = input.display()
     );
@@ -211,7 +217,8 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
         .map(|i| json!({"id": i, "views": i * 2, "title": format!("recipe {i}")}))
         .collect();
     write_jsonl(&input, &rows);
-    let cfg = format!("{{url: \"{URL}\", key: \"{p}{{id}}\"}}");
+    let url = url();
+    let cfg = format!("{{url: \"{url}\", key: \"{p}{{id}}\"}}");
     let spec = parse(
         "r.yaml",
         &pipeline(&input, &sink, &cfg, &dir.path().join("err")),
@@ -289,8 +296,9 @@ async fn rows_that_cannot_be_written_reach_the_error_output() {
         ],
     );
     let errors = dir.path().join("err");
+    let url = url();
     let cfg = format!(
-        "{{url: \"{URL}\", mode: zset, key: \"{p}top:{{board}}\", member: \"{{recipe_id}}\", \
+        "{{url: \"{url}\", mode: zset, key: \"{p}top:{{board}}\", member: \"{{recipe_id}}\", \
          score: score, max_value_bytes: 64}}"
     );
     let spec = parse("r.yaml", &pipeline(&input, "Board", &cfg, &errors));

@@ -1,8 +1,10 @@
-//! `WriteToPostgres` against the real server (127.0.0.1:5432, database `test`; see
-//! emulator-tests/run-stores-tests.sh). Every test writes its own table, named with a unique
+//! `WriteToPostgres` against a real server (database `test`, at `SLUICE_TEST_PG_ADDR`; see
+//! emulator-tests/run-stores-tests.sh, which starts a private one). Every test writes its own table, named with a unique
 //! suffix. Without the server these tests fail: they never skip.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +13,13 @@ use common::*;
 use serde_json::{Value, json};
 use sluice::sinks::postgres::WriteToPostgres;
 
-const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+fn url() -> String {
+    support::pg_url()
+}
+
+fn jdbc_url() -> String {
+    format!("jdbc:postgresql://{}/test", support::pg_addr())
+}
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -23,13 +31,11 @@ fn unique(prefix: &str) -> String {
 
 async fn client() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(
-        &format!("{URL}?application_name=sluice-tests"),
+        &format!("{}?application_name=sluice-tests", url()),
         tokio_postgres::NoTls,
     )
     .await
-    .expect(
-        "Postgres must be running on 127.0.0.1:5432 (emulator-tests/run-stores-tests.sh starts it)",
-    );
+    .expect("Postgres must be running at SLUICE_TEST_PG_ADDR (emulator-tests/run-stores-tests.sh starts it)");
     tokio::spawn(conn);
     client
 }
@@ -101,8 +107,9 @@ async fn upsert_writes_exact_rows_and_a_replay_leaves_the_table_unchanged() {
         json!({"recipe_id": "r1", "window_start": "10:01", "views": 2, "rating": 3.5, "featured": false, "tags": ["it's"]}),
     ];
     write_jsonl(&input, &rows);
+    let url = url();
     let cfg = format!(
-        "{{url: \"{URL}\", table: {table}, upsert_key: [recipe_id, window_start], tls: disable}}"
+        "{{url: \"{url}\", table: {table}, upsert_key: [recipe_id, window_start], tls: disable}}"
     );
     let spec = parse(
         "pg.yaml",
@@ -169,8 +176,9 @@ async fn killed_connections_are_retried_and_nothing_is_lost() {
     let input = dir.path().join("in.jsonl");
     let n = 40_000;
     write_jsonl(&input, &views(n));
+    let url = url();
     let cfg = format!(
-        "{{url: \"{URL}\", table: {table}, upsert_key: [recipe_id, window_start], batch_size: 100}}"
+        "{{url: \"{url}\", table: {table}, upsert_key: [recipe_id, window_start], batch_size: 100}}"
     );
     let spec = parse(
         "pg.yaml",
@@ -258,8 +266,9 @@ async fn rows_the_database_refuses_reach_the_error_output_and_the_rest_are_writt
     rows.push(json!({"id": null, "name": "nokey", "qty": 0}));
     write_jsonl(&input, &rows);
     let errors = dir.path().join("err");
+    let jdbc = jdbc_url();
     let cfg = format!(
-        "{{url: \"jdbc:postgresql://127.0.0.1:5432/test\", username: postgres, table: {table}, \
+        "{{url: \"{jdbc}\", username: postgres, table: {table}, \
          upsert_key: [id], create_table: false, batch_size: 250}}"
     );
     let spec = parse("pg.yaml", &pipeline(&input, "Strict", &cfg, &errors));
@@ -313,8 +322,9 @@ async fn beam_write_statement_and_tls_require() {
         "INSERT INTO {table} (id, name, at) VALUES (?, ?, ?) \
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, at = EXCLUDED.at"
     );
+    let jdbc = jdbc_url();
     let cfg = format!(
-        "{{jdbc_url: \"jdbc:postgresql://127.0.0.1:5432/test\", username: postgres, \
+        "{{jdbc_url: \"{jdbc}\", username: postgres, \
          write_statement: \"{stmt}\", tls: require}}"
     );
     let spec = parse(
@@ -352,7 +362,8 @@ async fn a_missing_table_without_create_table_stops_the_run_with_a_config_error(
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, &[json!({"id": 1})]);
-    let cfg = format!("{{url: \"{URL}\", table: {table}, create_table: false}}");
+    let url = url();
+    let cfg = format!("{{url: \"{url}\", table: {table}, create_table: false}}");
     let spec = parse(
         "pg.yaml",
         &pipeline(&input, "Absent", &cfg, &dir.path().join("err")),

@@ -1,16 +1,23 @@
-//! The durable state backends against the real servers (Redis 127.0.0.1:6379, Postgres
-//! 127.0.0.1:5432 database `test`; emulator-tests/run-stores-tests.sh starts them). Both run
+//! The durable state backends against real servers (Redis at `SLUICE_TEST_REDIS_ADDR`,
+//! Postgres at `SLUICE_TEST_PG_ADDR`, database `test`; emulator-tests/run-stores-tests.sh starts
+//! private ones). Both run
 //! the same contract as the in-process backends (src/state/contract.rs). Every test uses its
 //! own namespace prefix and deletes what it wrote. Without the servers these tests fail: they
 //! never skip.
 
 #[path = "../src/state/contract.rs"]
 mod contract;
+mod support;
 
 use sluice::state::{Backend, StateConfig, StateError, StateStore, open};
 
-const REDIS: &str = "redis://127.0.0.1:6379/";
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+fn redis_url() -> String {
+    support::redis_url()
+}
+
+fn postgres_url() -> String {
+    support::pg_url()
+}
 
 fn unique(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -29,50 +36,48 @@ fn config(backend: Backend, path: &str) -> StateConfig {
 }
 
 async fn postgres_client() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(POSTGRES, tokio_postgres::NoTls)
+    let (client, conn) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
         .await
-        .expect(
-            "Postgres must be running on 127.0.0.1:5432 (emulator-tests/run-stores-tests.sh starts it)",
-        );
+        .expect("Postgres must be running at SLUICE_TEST_PG_ADDR (emulator-tests/run-stores-tests.sh starts it)");
     tokio::spawn(conn);
     client
 }
 
 #[tokio::test]
 async fn redis_keeps_the_contract_across_reopening() {
-    contract::check_durable(&config(Backend::Redis, REDIS), &unique("redis")).await;
+    contract::check_durable(&config(Backend::Redis, &redis_url()), &unique("redis")).await;
 }
 
 #[tokio::test]
 async fn postgres_keeps_the_contract_across_reopening() {
-    contract::check_durable(&config(Backend::Postgres, POSTGRES), &unique("pg")).await;
+    contract::check_durable(&config(Backend::Postgres, &postgres_url()), &unique("pg")).await;
 }
 
 #[tokio::test]
 async fn jdbc_urls_open_and_describe_hides_the_password() {
+    let (pg, rd) = (support::pg_addr(), support::redis_addr());
     let store = open(&config(
         Backend::Postgres,
-        "jdbc:postgresql://127.0.0.1:5432/test?user=postgres",
+        &format!("jdbc:postgresql://{pg}/test?user=postgres"),
     ))
     .await
     .unwrap();
-    assert_eq!(
-        store.describe(),
-        "postgres postgresql://127.0.0.1:5432/test"
-    );
-    let store = open(&config(Backend::Redis, "redis://:secret@127.0.0.1:6379/"))
+    assert_eq!(store.describe(), format!("postgres postgresql://{pg}/test"));
+    let store = open(&config(Backend::Redis, &format!("redis://:secret@{rd}/")))
         .await
         .err()
         .expect("the server has no password");
     assert!(!store.to_string().contains("secret"), "{store}");
-    let redis = open(&config(Backend::Redis, REDIS)).await.unwrap();
-    assert_eq!(redis.describe(), "redis redis://127.0.0.1:6379/");
+    let redis = open(&config(Backend::Redis, &redis_url())).await.unwrap();
+    assert_eq!(redis.describe(), format!("redis redis://{rd}/"));
 }
 
 #[tokio::test]
 async fn the_postgres_table_and_redis_hash_hold_what_the_docs_say() {
     let ns = unique("layout");
-    let pg = open(&config(Backend::Postgres, POSTGRES)).await.unwrap();
+    let pg = open(&config(Backend::Postgres, &postgres_url()))
+        .await
+        .unwrap();
     pg.commit(&ns, vec![("k".into(), b"\x00\xff".to_vec())], vec![])
         .await
         .unwrap();
@@ -88,12 +93,12 @@ async fn the_postgres_table_and_redis_hash_hold_what_the_docs_say() {
     assert_eq!(row.get::<_, Vec<u8>>(1), vec![0u8, 0xff]);
     pg.commit(&ns, vec![], vec!["k".into()]).await.unwrap();
 
-    let redis = open(&config(Backend::Redis, REDIS)).await.unwrap();
+    let redis = open(&config(Backend::Redis, &redis_url())).await.unwrap();
     redis
         .commit(&ns, vec![("k".into(), b"v".to_vec())], vec![])
         .await
         .unwrap();
-    let mut conn = redis::Client::open(REDIS)
+    let mut conn = redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -119,7 +124,9 @@ async fn the_postgres_table_and_redis_hash_hold_what_the_docs_say() {
 #[tokio::test]
 async fn a_failed_postgres_commit_applies_nothing() {
     let ns = unique("pg-atomic");
-    let store = open(&config(Backend::Postgres, POSTGRES)).await.unwrap();
+    let store = open(&config(Backend::Postgres, &postgres_url()))
+        .await
+        .unwrap();
     store
         .commit(&ns, vec![("old".into(), b"1".to_vec())], vec![])
         .await
@@ -158,7 +165,7 @@ async fn a_failed_postgres_commit_applies_nothing() {
 async fn a_redis_commit_on_a_foreign_key_fails_without_retry() {
     let ns = unique("redis-wrongtype");
     let key = format!("sluice:state:{ns}");
-    let mut conn = redis::Client::open(REDIS)
+    let mut conn = redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -169,7 +176,7 @@ async fn a_redis_commit_on_a_foreign_key_fails_without_retry() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let store = open(&config(Backend::Redis, REDIS)).await.unwrap();
+    let store = open(&config(Backend::Redis, &redis_url())).await.unwrap();
     let err = store
         .commit(&ns, vec![("k".into(), b"v".to_vec())], vec!["x".into()])
         .await
@@ -233,10 +240,10 @@ async fn leases_admit_one_holder(backend: Backend, path: &str, test: &str) {
 
 #[tokio::test]
 async fn redis_leases_admit_one_holder() {
-    leases_admit_one_holder(Backend::Redis, REDIS, "redis-lease").await;
+    leases_admit_one_holder(Backend::Redis, &redis_url(), "redis-lease").await;
 }
 
 #[tokio::test]
 async fn postgres_leases_admit_one_holder() {
-    leases_admit_one_holder(Backend::Postgres, POSTGRES, "pg-lease").await;
+    leases_admit_one_holder(Backend::Postgres, &postgres_url(), "pg-lease").await;
 }
