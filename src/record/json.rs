@@ -102,11 +102,58 @@ impl JsonDecoder {
         Ok(Some(batch))
     }
 
-    /// Feeds the tape decoder one line at a time (the tape is shared, so this is the same
-    /// vectorised decode) and requires each non-blank line to add exactly one complete row: two
-    /// values on a line, or a value over two lines, fail the chunk. Counting rows against lines
-    /// afterwards would not do: the two can cancel out.
+    /// Decodes `chunk` and requires each non-blank line to be exactly one complete row: two
+    /// values on a line, or a value over two lines, fail the chunk.
+    ///
+    /// Counting rows against lines after decoding the whole chunk proves this only when no
+    /// value can span lines (otherwise a line with two values and a value over two lines cancel
+    /// out), and [`lines_are_closed`] proves that cheaply for ordinary JSON Lines. Any other
+    /// chunk is fed to the decoder one line at a time, checking each line's row.
     fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
+        match lines_are_closed(chunk) {
+            Some(lines) => self.decode_whole(chunk, lines),
+            None => self.decode_line_by_line(chunk),
+        }
+    }
+
+    /// Decodes `chunk` in one pass (the decoder flushing when full) and requires `lines` rows.
+    fn decode_whole(
+        &mut self,
+        chunk: &[u8],
+        lines: usize,
+    ) -> Result<Option<RecordBatch>, ArrowError> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        while offset < chunk.len() {
+            let read = self.decoder.decode(&chunk[offset..])?;
+            offset += read;
+            if read == 0 || self.decoder.len() >= DECODER_ROWS {
+                // The decoder is full: flush what it holds and go on.
+                match self.decoder.flush()? {
+                    Some(b) => parts.push(b),
+                    None if read == 0 => {
+                        return Err(ArrowError::JsonError("decoder made no progress".into()));
+                    }
+                    None => {}
+                }
+            }
+        }
+        if self.decoder.has_partial_record() {
+            return Err(ArrowError::JsonError("truncated JSON record".into()));
+        }
+        parts.extend(self.decoder.flush()?);
+        let rows: usize = parts.iter().map(RecordBatch::num_rows).sum();
+        if rows != lines {
+            return Err(ArrowError::JsonError(
+                "not exactly one JSON value per line".into(),
+            ));
+        }
+        self.concat(parts)
+    }
+
+    /// Feeds the tape decoder one line at a time (the tape is shared, so this is the same
+    /// vectorised decode, plus a call per line) and checks that each line adds one row.
+    fn decode_line_by_line(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
         let mut parts = Vec::new();
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
@@ -131,6 +178,10 @@ impl JsonDecoder {
             }
         }
         parts.extend(self.decoder.flush()?);
+        self.concat(parts)
+    }
+
+    fn concat(&self, mut parts: Vec<RecordBatch>) -> Result<Option<RecordBatch>, ArrowError> {
         match parts.len() {
             0 => Ok(None),
             1 => Ok(parts.pop()),
@@ -209,6 +260,51 @@ impl JsonDecoder {
             _ => Err("expected one JSON object".into()),
         }
     }
+}
+
+/// The number of non-blank lines of `chunk` when no JSON value in it can continue from one line
+/// to the next; `None` when one might.
+///
+/// That holds when the chunk has no backslash and every non-blank line has an even number of
+/// `"` and balanced brackets outside its strings: with no escapes the quotes pair up within the
+/// line, so it ends outside any string, at depth 0. Then each line holds whole values, and as
+/// many rows as lines means one row per line. (arrow-json reads commas as whitespace, so its
+/// errors cannot be relied on: `[{"x":1}` then `{"x":2}]` is one list to it.)
+fn lines_are_closed(chunk: &[u8]) -> Option<usize> {
+    if memchr::memchr(b'\\', chunk).is_some() {
+        return None;
+    }
+    let mut lines = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
+        let line = &chunk[start..end];
+        start = end + 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if !closed(line) {
+            return None;
+        }
+        lines += 1;
+    }
+    Some(lines)
+}
+
+/// Whether `line` (without backslashes) has paired quotes and balanced brackets outside them.
+fn closed(line: &[u8]) -> bool {
+    let mut depth: i64 = 0;
+    let mut outside = true;
+    for part in line.split(|b| *b == b'"') {
+        if outside {
+            // Plain counts vectorise; the parts between strings are short.
+            let open = part.iter().filter(|b| matches!(b, b'{' | b'[')).count();
+            let close = part.iter().filter(|b| matches!(b, b'}' | b']')).count();
+            depth += open as i64 - close as i64;
+        }
+        outside = !outside;
+    }
+    // `outside` flipped once per part: an odd number of quotes leaves it false.
+    !outside && depth == 0
 }
 
 /// Lines of `chunk` holding anything but whitespace. Almost every line starts with a
@@ -433,6 +529,48 @@ mod tests {
         let (again, bad) = d.decode_lines(b"{\"id\":7}\n");
         assert!(bad.is_empty());
         assert_eq!(again.unwrap().num_rows(), 1);
+    }
+
+    /// Lines and rows that cancel out: one line with two values, one value over two lines.
+    /// Every case must give each non-blank line either its own row or an error record.
+    #[test]
+    fn two_values_on_a_line_and_a_value_over_two_lines_do_not_cancel_out() {
+        let cases: [&[u8]; 6] = [
+            // Caught by the closed-lines check (a line not starting with `{`): line by line.
+            b"{\"id\":1}{\"id\":2}\n{\"id\":\n3}\n{\"id\":4}\n",
+            // Closed lines, whole-chunk decode: the continuation starts with `{` after `}`.
+            b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"o\":{\"x\":1}\n{\"y\":2}}\n{\"id\":4}\n",
+            b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"l\":[{\"x\":1}\n{\"x\":2}]}\n{\"id\":4}\n",
+            // A string over two lines (odd quotes on each), and an escaped quote.
+            b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"name\":\"a}\n{b\"}\n{\"id\":4}\n",
+            b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"name\":\"a\\\"}\n{\"}\n{\"id\":4}\n",
+            // Balanced by count, but closing first: the decoder refuses a closer at the top.
+            b"{\"id\":1}{\"id\":2}\n]}{\"id\":3,\"l\":[{\"x\":1}\n{\"x\":2}]}[{\n{\"id\":4}\n",
+        ];
+        for input in cases {
+            let mut d = JsonDecoder::new(schema()).unwrap();
+            let (batch, bad) = d.decode_lines(input);
+            let text = String::from_utf8_lossy(input);
+            let ids = batch.map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            });
+            assert_eq!(ids, Some(vec![4]), "{text}");
+            let lines: Vec<usize> = bad.iter().map(|b| b.line).collect();
+            assert_eq!(lines, vec![0, 1, 2], "{text}");
+        }
+        assert_eq!(
+            lines_are_closed(b"{\"a\":1}\n\n  {\"a\":\"}{\"} \r\n"),
+            Some(2)
+        );
+        assert_eq!(lines_are_closed(b"{\"a\":\"\\\"\"}\n"), None);
+        assert_eq!(lines_are_closed(b"{\"a\":\"}\n"), None);
+        assert_eq!(lines_are_closed(b"{\"l\":[1,\"]\"]}\n[1]\n"), Some(2));
+        assert_eq!(lines_are_closed(b"{\"l\":[{\"x\":1}\n"), None);
     }
 
     /// The cost of the number checks on the standard workload's rows (docs/performance.md,
