@@ -14,7 +14,9 @@ use redis::{RedisError, RedisResult, RetryMethod, Value};
 
 use super::commands::{Compiled, RowWrite};
 use super::config::RedisConfig;
-use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
+use crate::pipeline::operator::{
+    EngineError, ErrorRoute, Output, Receipts, Sink, StageStats, Written,
+};
 use crate::record::{Batch, rows};
 use crate::sinks::retry::Backoff;
 
@@ -138,16 +140,16 @@ fn redact(url: &str) -> String {
 }
 
 #[async_trait]
-impl Operator for WriteToRedis {
-    async fn process(
+impl Sink for WriteToRedis {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        _receipts: &mut Receipts,
         out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         let user = batch.user_rows();
         if user.num_rows() == 0 {
-            return Ok(());
+            return Ok(Written::Now);
         }
         let compiled = self.compiled(&user.schema())?;
         let (writes, mut rejected) = compiled
@@ -201,8 +203,8 @@ impl Operator for WriteToRedis {
             }
         }
         self.errors.report(out, &batch, rejected);
-        // `batch` (and its acknowledgement holds) is dropped here, after Redis confirmed.
-        Ok(())
+        // Redis confirmed: the runner releases the batch's holds.
+        Ok(Written::Now)
     }
 }
 
