@@ -144,7 +144,9 @@ mod tests {
     #[tokio::test]
     async fn holds_are_released_from_the_outcome_the_sink_reports() {
         use AckStatus::{Delivered, Failed};
-        let cases: [(Result<Written, ()>, bool, Vec<AckStatus>, Vec<AckStatus>); 4] = [
+        // (outcome, stopped with `drain: keep`, released after the write, released at the end)
+        type Case = (Result<Written, ()>, bool, Vec<AckStatus>, Vec<AckStatus>);
+        let cases: [Case; 4] = [
             (Ok(Written::Now), false, vec![Delivered], vec![Delivered]),
             (Ok(Written::AtCommit), false, vec![], vec![Delivered]),
             (Ok(Written::AtCommit), true, vec![], vec![Failed]),
