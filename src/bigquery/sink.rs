@@ -7,8 +7,8 @@
 //! ([`super::proto`]) and appended over `num_streams` write streams. insertAll: sent in requests
 //! of at most [`ROWS_PER_REQUEST`], `num_streams` at a time. Both retry with backoff while
 //! BigQuery is unavailable. Rows BigQuery (or the encoder) rejects go to the error output with
-//! the reason. The batch, and with it its acknowledgement holds, is dropped only after every
-//! row was either stored or routed to the error output.
+//! the reason. `write` returns [`Written::Now`] (and the runner releases the batch's
+//! acknowledgement holds) only after every row was either stored or routed to the error output.
 //!
 //! `insertId` is the row's `__sluice_id` when the batch carries one; otherwise a hash of
 //! (pipeline name, transform name, row content, occurrence of that content in the batch), so a

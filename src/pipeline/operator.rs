@@ -180,7 +180,7 @@ pub trait Operator: Send {
 
     /// Every input ended because of a stop with `options.drain: keep`: windows and other
     /// buffered state are not fired; their input must be left for redelivery
-    /// ([`crate::record::abandon`]). By default this is `on_end` (sinks flush as usual).
+    /// ([`crate::record::AckSet::abandon`]). By default this is `on_end`.
     async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
         self.on_end(out).await
     }

@@ -2,8 +2,8 @@
 //! `sluice_id` attribute, with `shard:` the `sluice_shard` attribute and per-shard topics),
 //! published through the official client's batching publisher (one per topic).
 //!
-//! `process` returns only after every message of the batch was confirmed by Pub/Sub, so the
-//! batch (and its acknowledgement holds) is dropped only after the durable write. Transient
+//! `write` returns [`Written::Now`] only after every message of the batch was confirmed by
+//! Pub/Sub, so the runner releases the batch's acknowledgement holds after the durable write. Transient
 //! failures are retried with exponential backoff; permanent ones fail the run (which then
 //! acknowledges nothing).
 

@@ -1,11 +1,11 @@
-//! The `WriteToPostgres` operator: resolves the target table for each input schema (creating
+//! The `WriteToPostgres` sink: resolves the target table for each input schema (creating
 //! it when asked), writes each batch as UNNEST-ed `text[]` statements of `batch_size` rows,
 //! retries transient failures with backoff, and isolates rows the database refuses by halving
 //! the failed statement until the offending row stands alone; that row goes to the error output
 //! with the database's message while the others are written.
 //!
-//! `process` returns only once every row of the batch is written or routed to the error output,
-//! and the batch (with its acknowledgement holds) is dropped only then.
+//! `write` returns [`Written::Now`] only once every row of the batch is written or routed to the
+//! error output; the runner then releases the batch's acknowledgement holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;

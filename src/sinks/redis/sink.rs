@@ -1,8 +1,9 @@
-//! The `WriteToRedis` operator: renders each batch into commands, sends them as pipelines over
+//! The `WriteToRedis` sink: renders each batch into commands, sends them as pipelines over
 //! a `ConnectionManager` (which reconnects after a dropped connection), retries the whole
 //! pipeline on connection failures (every command is idempotent, so a partly applied pipeline
 //! is safe to resend), and routes rows that Redis refuses or that cannot be rendered to the
-//! error output. `process` returns after Redis confirmed every command of the batch.
+//! error output. `write` returns [`Written::Now`] after Redis confirmed every command of the
+//! batch.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -75,7 +75,8 @@ impl DedupState {
             .collect())
     }
 
-    /// A hold for an output batch keeping `keys`: when it drops (written), they are checkpointed.
+    /// A hold for an output batch keeping `keys`: released as delivered (written), they are
+    /// checkpointed.
     pub fn kept(&self, keys: Keys) -> AckToken {
         Ack::new(
             KeysWritten {

@@ -174,7 +174,7 @@ impl Durable {
     }
 
     /// A hold for an emitted pane batch: the pane is remembered (and checkpointed) until every
-    /// sink wrote it, when the hold drops.
+    /// sink wrote it, when the hold is released as delivered.
     pub fn emitted(&mut self, port: usize, rows: &RecordBatch) -> AckToken {
         let seq = self.next_seq;
         self.next_seq += 1;
