@@ -149,14 +149,6 @@ impl AckSet {
         self.tokens.iter()
     }
 
-    /// Whether the hold of `token` is in the set.
-    pub fn contains(&self, token: &AckToken) -> bool {
-        match &self.index {
-            Some(index) => index.contains(&Ack::key(token)),
-            None => self.tokens.iter().any(|t| Arc::ptr_eq(t, token)),
-        }
-    }
-
     /// Adds `token` unless its hold is already in the set; returns whether it was added.
     pub fn insert(&mut self, token: AckToken) -> bool {
         if self.tokens.len() >= LINEAR && self.index.is_none() {
