@@ -229,9 +229,9 @@ async fn holds_are_released_by_the_commit_not_by_the_pane() {
     let store = store().await;
     let mut out = Output::new(1);
     let mut c = worker(&store, fixed());
-    let token: AckToken = Arc::new(());
+    let token: AckToken = sluice::record::Ack::none();
     let mut b = batch(FIRST);
-    b.acks.push(token.clone());
+    b.acks.insert(token.clone());
     c.process(0, b, &mut out).await.unwrap();
     assert_eq!(Arc::strong_count(&token), 2, "held until checkpointed");
     c.on_timer(tokio::time::Instant::now(), &mut out)

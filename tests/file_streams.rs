@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sluice::pipeline::build::{Overrides, Services, build};
 use sluice::pipeline::runner::{RunControl, Stage, run};
 use sluice::pipeline::{EngineError, Source, SourceSink};
-use sluice::record::{AckToken, Batch, Hold};
+use sluice::record::{Ack, AckStatus, AckToken, Batch, Hold, Releaser};
 use tokio::sync::mpsc;
 
 /// 2026-01-01T00:00:00Z, in seconds.
@@ -26,13 +26,10 @@ const T0: i64 = 1_767_225_600;
 struct Burst(Arc<AtomicBool>, Arc<AtomicBool>);
 
 impl Hold for Burst {
-    fn abandon(&self) {
-        self.1.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Burst {
-    fn drop(&mut self) {
+    fn release(self: Box<Self>, status: AckStatus) {
+        if status == AckStatus::Failed {
+            self.1.store(true, Ordering::SeqCst);
+        }
         self.0.store(true, Ordering::SeqCst);
     }
 }
@@ -81,9 +78,13 @@ fn held(events: &[(&str, &str, i64)]) -> (Batch, Arc<AtomicBool>, Arc<AtomicBool
     .expect("columns match");
     let released = Arc::new(AtomicBool::new(false));
     let abandoned = Arc::new(AtomicBool::new(false));
-    let hold: AckToken = Arc::new(Burst(released.clone(), abandoned.clone()));
+    // Released where its last clone drops, as a Pub/Sub hold is released right after.
+    let hold: AckToken = Ack::new(
+        Burst(released.clone(), abandoned.clone()),
+        &Releaser::default(),
+    );
     let mut batch = Batch::new(rows);
-    batch.acks.push(hold);
+    batch.acks.insert(hold);
     (batch, released, abandoned)
 }
 

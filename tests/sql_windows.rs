@@ -16,7 +16,7 @@ use sluice::pipeline::build::Overrides;
 use sluice::pipeline::operator::{END_OF_TIME, ErrorRoute, Operator, Output, StageStats};
 use sluice::pipeline::runner::RunControl;
 use sluice::pipeline::{execute, validate};
-use sluice::record::{Batch, Hold, meta, rows};
+use sluice::record::{Ack, AckStatus, Batch, Hold, Releaser, meta, rows};
 use sluice::transforms::sql::{Sql, WindowedSpec};
 
 const MIN: i64 = 60_000;
@@ -419,10 +419,8 @@ async fn sessions_are_keyed_by_the_group_by_columns() {
 
 struct Counted(Arc<AtomicUsize>);
 
-impl Hold for Counted {}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
+impl Hold for Counted {
+    fn release(self: Box<Self>, _status: AckStatus) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -435,7 +433,8 @@ async fn acknowledgement_holds_are_released_with_the_pane() {
     let mut q = sql(SUM_BY_K, fixed(), &[]);
     let mut out = Output::new(2);
     let mut b = batch(&[("a", 1, 1_000)]);
-    b.acks.push(Arc::new(Counted(released.clone())));
+    b.acks
+        .insert(Ack::new(Counted(released.clone()), &Releaser::default()));
     q.process(0, b, &mut out).await.unwrap();
     assert!(out.is_empty());
     assert_eq!(

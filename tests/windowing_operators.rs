@@ -218,9 +218,9 @@ async fn acknowledgement_holds_are_released_with_the_pane() {
         ..Windowing::global()
     });
     let mut out = Output::new(1);
-    let token: sluice::record::AckToken = Arc::new(());
+    let token: sluice::record::AckToken = sluice::record::Ack::none();
     let mut b = batch(&[("a", 1, 1_000), ("b", 2, 61_000)]);
-    b.acks.push(token.clone());
+    b.acks.insert(token.clone());
     c.process(0, b, &mut out).await.unwrap();
     // Held by the two open windows.
     assert!(Arc::strong_count(&token) > 1);

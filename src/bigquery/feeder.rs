@@ -3,8 +3,8 @@
 //! published (e.g. by `WriteToPubSub`) exactly in the effectively-once sense.
 //!
 //! Each poll runs `SELECT … WHERE column > mark ORDER BY column` ([`hwm::poll_sql`]). Every
-//! emitted batch carries an acknowledgement hold ([`BatchHold`]); sinks drop it only after the
-//! durable write, so its release means "published". The [`Tracker`] turns releases into the
+//! emitted batch carries an acknowledgement hold ([`BatchHold`]); the runner releases it from the
+//! sinks' outcomes, so its release as delivered means "published". The [`Tracker`] turns releases into the
 //! largest mark whose rows were all published, and [`StateFile`] saves it atomically, under
 //! the tracker's lock so saves happen in order. The next poll of the same run starts at what
 //! was *read* (batches may still be in flight); a new run starts at what was *saved*. Rows
@@ -26,7 +26,7 @@ use super::config::ReadSource;
 use super::hwm::{self, HighWaterMark, Mark, MarkKind, StateFile, Tracker};
 use super::source::{Pager, ReadFromBigQuery, RowDecoder, table_sql};
 use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, Output, SourceSink};
-use crate::record::{AckToken, Batch, Hold, meta};
+use crate::record::{Ack, AckSet, AckStatus, AckToken, Batch, Hold, Releaser, meta};
 use crate::telemetry::progress::{self, ProgressLine};
 
 /// How often a periodic feeder that waits for its next poll checks for a stop request.
@@ -132,24 +132,17 @@ impl Shared {
     }
 }
 
-/// The acknowledgement hold of one emitted batch: its release tells the tracker.
+/// The acknowledgement hold of one emitted batch: its release tells the tracker, which may save
+/// the mark (an fsync, on the runner's release task, never in `Drop`).
 struct BatchHold {
     seq: u64,
     shared: Arc<Shared>,
-    failed: Arc<AtomicBool>,
-    abandoned: AtomicBool,
 }
 
 impl Hold for BatchHold {
-    fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for BatchHold {
-    fn drop(&mut self) {
-        let ok = !self.failed.load(Ordering::SeqCst) && !self.abandoned.load(Ordering::SeqCst);
-        self.shared.released(self.seq, ok);
+    fn release(self: Box<Self>, status: AckStatus) {
+        self.shared
+            .released(self.seq, status == AckStatus::Delivered);
     }
 }
 
@@ -261,7 +254,7 @@ pub async fn run(
         mark: saved,
         ids: RowIds::new(&table),
         shared: shared.clone(),
-        failed: sink.failed_flag(),
+        releaser: sink.releaser(),
     };
     let outcome = poll_until_done(&mut poller, hwm, sink).await;
     let s = shared.clone();
@@ -336,7 +329,7 @@ struct Poller<'a> {
     mark: Option<Mark>,
     ids: RowIds,
     shared: Arc<Shared>,
-    failed: Arc<AtomicBool>,
+    releaser: Releaser,
 }
 
 impl Poller<'_> {
@@ -428,15 +421,16 @@ impl Poller<'_> {
                 .shared
                 .tracker()
                 .emitted(hwm::safe_within_query(&decoded.marks), rows);
-            let hold: AckToken = Arc::new(BatchHold {
-                seq,
-                shared: self.shared.clone(),
-                failed: self.failed.clone(),
-                abandoned: AtomicBool::new(false),
-            });
+            let hold: AckToken = Ack::new(
+                BatchHold {
+                    seq,
+                    shared: self.shared.clone(),
+                },
+                &self.releaser,
+            );
             let origin = Batch {
                 rows: RecordBatch::new_empty(ErrorRoute::schema()),
-                acks: vec![hold.clone()],
+                acks: AckSet::one(hold.clone()),
             };
             self.src.errors.report(&mut out, &origin, decoded.failures);
             drop(origin);
@@ -451,7 +445,7 @@ impl Poller<'_> {
                     .map_err(|e| EngineError::internal(self.name(), e.to_string()))?;
                 out.main(Batch {
                     rows: batch,
-                    acks: vec![hold],
+                    acks: AckSet::one(hold),
                 });
             }
             crate::io::files::forward(&mut out, sink).await?;

@@ -7,8 +7,8 @@
 //! ([`super::proto`]) and appended over `num_streams` write streams. insertAll: sent in requests
 //! of at most [`ROWS_PER_REQUEST`], `num_streams` at a time. Both retry with backoff while
 //! BigQuery is unavailable. Rows BigQuery (or the encoder) rejects go to the error output with
-//! the reason. The batch, and with it its acknowledgement holds, is dropped only after every
-//! row was either stored or routed to the error output.
+//! the reason. `write` returns [`Written::Now`] (and the runner releases the batch's
+//! acknowledgement holds) only after every row was either stored or routed to the error output.
 //!
 //! `insertId` is the row's `__sluice_id` when the batch carries one; otherwise a hash of
 //! (pipeline name, transform name, row content, occurrence of that content in the batch), so a
@@ -32,7 +32,9 @@ use super::proto::RowSchema;
 use super::schema::{self, SLUICE_ID};
 use super::storage_write::{WriteClient, Writer};
 use super::table::{self, Layout, Target};
-use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
+use crate::pipeline::operator::{
+    EngineError, ErrorRoute, Output, Receipts, Sink, StageStats, Written,
+};
 use crate::pipeline::stats::SinkStats;
 use crate::record::Batch;
 use crate::record::meta;
@@ -458,16 +460,16 @@ async fn insert_chunk(
 }
 
 #[async_trait]
-impl Operator for WriteToBigQuery {
-    async fn process(
+impl Sink for WriteToBigQuery {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        _receipts: &mut Receipts,
         out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         let rows = schema::rows_to_write(&batch.rows);
         if rows.num_rows() == 0 {
-            return Ok(());
+            return Ok(Written::Now);
         }
         self.prepare(Some(rows.schema_ref().as_ref())).await?;
         let failures = match self.cfg.method {
@@ -480,11 +482,11 @@ impl Operator for WriteToBigQuery {
             tracing::warn!(transform = %self.name, rows = failures.len(), "BigQuery rejected rows");
         }
         self.errors.report(out, &batch, failures);
-        // `batch` (and its acknowledgement holds) is dropped here, after BigQuery answered.
-        Ok(())
+        // BigQuery answered: the runner releases the batch's holds.
+        Ok(Written::Now)
     }
 
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+    async fn on_end(&mut self, _receipts: &mut Receipts) -> Result<(), EngineError> {
         if !self.prepared && self.cfg.write_disposition != WriteDisposition::Append {
             self.prepare(None).await?;
         }

@@ -192,24 +192,24 @@ pub type OpenWriter =
     dyn Fn(BufWriter<File>) -> Result<Box<dyn FormatWriter>, String> + Send + Sync;
 
 /// What committing a file set produced: the paths now visible and the acknowledgement holds of
-/// the rows in them, for the caller to release (drop) once the commit is done.
-#[must_use = "the holds must be released after the commit"]
+/// the rows in them, which the sink hands back to the runner as delivered.
+#[must_use = "the holds must be handed back after the commit"]
 pub struct Committed {
     pub paths: Vec<PathBuf>,
-    pub holds: Vec<crate::record::AckToken>,
+    pub holds: crate::record::AckSet,
 }
 
 impl Committed {
     pub fn empty() -> Self {
         Committed {
             paths: Vec::new(),
-            holds: Vec::new(),
+            holds: crate::record::AckSet::new(),
         }
     }
 
     pub fn extend(&mut self, other: Committed) {
         self.paths.extend(other.paths);
-        self.holds.extend(other.holds);
+        self.holds.merge(other.holds);
     }
 }
 
@@ -227,7 +227,7 @@ pub struct ShardedFiles {
     open: std::sync::Arc<OpenWriter>,
     /// Acknowledgement holds of the rows written so far: released only when the files are
     /// complete (renamed), since before that the rows are not durably visible.
-    held: Vec<crate::record::AckToken>,
+    held: crate::record::AckSet,
     /// Each batch written and the final flush are timed; failures counted (file sinks do not
     /// retry).
     stats: std::sync::Arc<SinkStats>,
@@ -248,7 +248,7 @@ impl ShardedFiles {
             next: 0,
             rows: 0,
             open,
-            held: Vec::new(),
+            held: crate::record::AckSet::new(),
             stats,
         }
     }
@@ -297,10 +297,9 @@ impl ShardedFiles {
         Ok(())
     }
 
-    /// Keeps `acks` until [`ShardedFiles::finish`] made the written rows visible. (Clones of one
-    /// hold may be kept several times: releasing them is dropping them.)
-    pub fn hold(&mut self, acks: Vec<crate::record::AckToken>) {
-        self.held.extend(acks);
+    /// Keeps `acks` until [`ShardedFiles::finish`] made the written rows visible.
+    pub fn hold(&mut self, acks: crate::record::AckSet) {
+        self.held.merge(acks);
     }
 
     /// Rows written to this set so far.
@@ -333,8 +332,8 @@ impl ShardedFiles {
     /// them to their final names, and hands back the paths and the holds of their rows.
     ///
     /// # Errors
-    /// A write, flush or rename failed; the holds stay here (and are released as not written
-    /// when the failed run drops the sink).
+    /// A write, flush or rename failed; the holds stay here (and are released as failed when
+    /// the failed run drops the sink).
     pub fn finish(&mut self) -> Result<Committed, EngineError> {
         let paths = self.timed(Self::finish_shards)?;
         Ok(Committed {
@@ -344,8 +343,8 @@ impl ShardedFiles {
     }
 
     /// Gives up this set: removes its temporary files and hands back the holds of its rows, to
-    /// be released as not written ([`crate::record::abandon`]).
-    pub fn discard(&mut self) -> Vec<crate::record::AckToken> {
+    /// be released as failed.
+    pub fn discard(&mut self) -> crate::record::AckSet {
         for (path, writer) in self.shards.iter_mut().filter_map(Option::take) {
             drop(writer);
             let tmp = tmp_path(&path);

@@ -3,9 +3,10 @@
 //!
 //! On bounded input it writes one file set, committed when the input ends (Beam's batch
 //! naming, `PATH-SSSSS-of-NNNNN`). On unbounded input ([`super::streaming`]) it commits files as
-//! windows end or sets fill, and releases the acknowledgement holds of a file's rows right after
-//! the file was renamed into place. Every write, flush and rename runs on tokio's blocking pool
-//! (`spawn_blocking`), never on an executor thread.
+//! windows end or sets fill. Either way a write is durable at a later commit
+//! ([`Written::AtCommit`]): the sink keeps the holds of a file's rows and hands them back to the
+//! runner ([`Receipts`]) right after the file was renamed into place. Every write, flush and
+//! rename runs on tokio's blocking pool (`spawn_blocking`), never on an executor thread.
 
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use async_trait::async_trait;
 
 use super::files::{Committed, OpenWriter, ShardedFiles};
 use super::streaming::{StreamFiles, StreamPolicy};
-use crate::pipeline::operator::{EngineError, EventTime, Operator, Output, StageStats};
+use crate::pipeline::operator::{
+    EngineError, EventTime, Output, Receipts, Sink, StageStats, Written,
+};
 use crate::record::Batch;
 
 /// Where and how a file sink writes (from its config and the graph).
@@ -97,19 +100,23 @@ impl WriteFiles {
         }
     }
 
-    /// Runs `f` on the streaming state on tokio's blocking pool, then releases the holds of
-    /// what it committed (after the renames: this is where the input is acknowledged).
-    async fn blocking<F>(&mut self, f: F) -> Result<(), EngineError>
+    /// Runs `f` on the streaming state on tokio's blocking pool, then hands the holds of what
+    /// it committed to `receipts` (after the renames: this is where the input is acknowledged).
+    async fn blocking<F>(&mut self, receipts: &mut Receipts, f: F) -> Result<(), EngineError>
     where
         F: FnOnce(&mut StreamFiles) -> Result<Committed, EngineError> + Send + 'static,
     {
-        self.blocking_with(move |files| f(files).map(|c| (c, ())))
+        self.blocking_with(receipts, move |files| f(files).map(|c| (c, ())))
             .await
             .map(|_| ())
     }
 
     /// [`WriteFiles::blocking`] for an `f` that also returns a value.
-    async fn blocking_with<F, T>(&mut self, f: F) -> Result<Option<T>, EngineError>
+    async fn blocking_with<F, T>(
+        &mut self,
+        receipts: &mut Receipts,
+        f: F,
+    ) -> Result<Option<T>, EngineError>
     where
         F: FnOnce(&mut StreamFiles) -> Result<(Committed, T), EngineError> + Send + 'static,
         T: Send + 'static,
@@ -134,19 +141,19 @@ impl WriteFiles {
                     .push(format!("{}-*", self.path));
             }
         }
-        drop(committed.holds);
+        receipts.delivered(committed.holds);
         Ok(Some(value))
     }
 }
 
 #[async_trait]
-impl Operator for WriteFiles {
-    async fn process(
+impl Sink for WriteFiles {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        receipts: &mut Receipts,
         _out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         match &mut self.mode {
             Mode::Bounded(slot) => {
                 let rows = batch.user_rows();
@@ -154,23 +161,25 @@ impl Operator for WriteFiles {
                 off_thread(&self.transform, slot, move |files| {
                     files.write(&rows)?;
                     files.hold(acks);
-                    Ok(())
+                    Ok::<(), EngineError>(())
                 })
-                .await?
+                .await??;
             }
             Mode::Streaming(_) => {
                 let now = tokio::time::Instant::now().into_std();
-                self.blocking(move |f| f.write(batch, now)).await
+                self.blocking(receipts, move |f| f.write(batch, now))
+                    .await?;
             }
         }
+        Ok(Written::AtCommit)
     }
 
     async fn on_watermark(
         &mut self,
         watermark: EventTime,
-        _out: &mut Output,
+        receipts: &mut Receipts,
     ) -> Result<(), EngineError> {
-        self.blocking(move |f| f.advance(watermark)).await
+        self.blocking(receipts, move |f| f.advance(watermark)).await
     }
 
     fn timer_interval(&self) -> Option<std::time::Duration> {
@@ -183,22 +192,22 @@ impl Operator for WriteFiles {
     async fn on_timer(
         &mut self,
         now: tokio::time::Instant,
-        _out: &mut Output,
+        receipts: &mut Receipts,
     ) -> Result<(), EngineError> {
         let now = now.into_std();
-        self.blocking(move |f| f.tick(now)).await
+        self.blocking(receipts, move |f| f.tick(now)).await
     }
 
-    async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
+    async fn on_drain_keep(&mut self, receipts: &mut Receipts) -> Result<(), EngineError> {
         if matches!(self.mode, Mode::Bounded(_)) {
-            return self.on_end(out).await;
+            return self.on_end(receipts).await;
         }
-        let abandoned = self.blocking_with(StreamFiles::keep_open).await?;
-        crate::record::abandon(&abandoned.unwrap_or_default());
+        let abandoned = self.blocking_with(receipts, StreamFiles::keep_open).await?;
+        receipts.failed(abandoned.unwrap_or_default());
         Ok(())
     }
 
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+    async fn on_end(&mut self, receipts: &mut Receipts) -> Result<(), EngineError> {
         match &mut self.mode {
             Mode::Bounded(slot) => {
                 let committed = off_thread(&self.transform, slot, ShardedFiles::finish).await??;
@@ -207,10 +216,10 @@ impl Operator for WriteFiles {
                     .lock()
                     .expect("not poisoned")
                     .extend(committed.paths.iter().map(|p| p.display().to_string()));
-                drop(committed.holds);
+                receipts.delivered(committed.holds);
                 Ok(())
             }
-            Mode::Streaming(_) => self.blocking(StreamFiles::finish).await,
+            Mode::Streaming(_) => self.blocking(receipts, StreamFiles::finish).await,
         }
     }
 }

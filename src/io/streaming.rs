@@ -10,8 +10,8 @@
 //!   each committed when it holds `max_file_rows` rows or its first row is `max_file_age` old.
 //!
 //! Every method here does blocking file I/O; the operator ([`super::sink`]) runs them on tokio's
-//! blocking pool. Committing hands back the rows' acknowledgement holds ([`Committed`]) for the
-//! caller to release after the rename.
+//! blocking pool. Committing hands back the rows' acknowledgement holds ([`Committed`]), which
+//! the sink returns to the runner as delivered after the rename.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -199,19 +199,19 @@ impl StreamFiles {
     ///
     /// # Errors
     /// A global-window set could not be committed.
-    pub fn keep_open(&mut self) -> Result<(Committed, Vec<crate::record::AckToken>), EngineError> {
+    pub fn keep_open(&mut self) -> Result<(Committed, crate::record::AckSet), EngineError> {
         match &mut self.mode {
             Mode::Windowed(p) => {
-                let mut abandoned = Vec::new();
+                let mut abandoned = crate::record::AckSet::new();
                 for (_, mut set) in std::mem::take(&mut p.open) {
-                    abandoned.extend(set.discard());
+                    abandoned.merge(set.discard());
                 }
                 Ok((Committed::empty(), abandoned))
             }
             Mode::Rolling(r) => {
                 let mut done = Committed::empty();
                 r.commit(&mut done)?;
-                Ok((done, Vec::new()))
+                Ok((done, crate::record::AckSet::new()))
             }
         }
     }

@@ -94,7 +94,7 @@ pub fn build(
         {
             let cap: Captured = Arc::default();
             captures.push((name.to_string(), cap.clone()));
-            stages.push(Stage::Operator(Box::new(Capture(cap))));
+            stages.push(Stage::Sink(Box::new(Capture(cap))));
             stats.push(st);
             continue;
         }
@@ -132,24 +132,24 @@ pub fn build(
                     batch_size,
                 }))
             }
-            TransformConfig::WriteToJson(s) => Stage::Operator(Box::new(io::json::write_to_json(
+            TransformConfig::WriteToJson(s) => Stage::Sink(Box::new(io::json::write_to_json(
                 &file_sink(spec, graph, node, s),
                 st.clone(),
             ))),
-            TransformConfig::WriteToCsv { sink, delimiter } => Stage::Operator(Box::new(
+            TransformConfig::WriteToCsv { sink, delimiter } => Stage::Sink(Box::new(
                 io::csv::write_to_csv(&file_sink(spec, graph, node, sink), *delimiter, st.clone()),
             )),
-            TransformConfig::WriteToParquet(s) => Stage::Operator(Box::new(
+            TransformConfig::WriteToParquet(s) => Stage::Sink(Box::new(
                 io::parquet::write_to_parquet(&file_sink(spec, graph, node, s), st.clone()),
             )),
-            TransformConfig::WriteToPostgres(c) => Stage::Operator(Box::new(
+            TransformConfig::WriteToPostgres(c) => Stage::Sink(Box::new(
                 sinks::postgres::WriteToPostgres::new(name, c.clone(), errors, st.clone()),
             )),
-            TransformConfig::WriteToRedis(c) => Stage::Operator(Box::new(
+            TransformConfig::WriteToRedis(c) => Stage::Sink(Box::new(
                 sinks::redis::WriteToRedis::new(name, c.clone(), errors, st.clone()),
             )),
             TransformConfig::WriteToBigQuery(cfg) => {
-                Stage::Operator(Box::new(crate::bigquery::sink::WriteToBigQuery::new(
+                Stage::Sink(Box::new(crate::bigquery::sink::WriteToBigQuery::new(
                     name,
                     &spec.name,
                     cfg.clone(),
@@ -173,7 +173,7 @@ pub fn build(
                     level: transforms::log::LogForTesting::level(level),
                 }))
             }
-            TransformConfig::AssertEqual { elements } => Stage::Operator(Box::new(
+            TransformConfig::AssertEqual { elements } => Stage::Sink(Box::new(
                 transforms::assert_equal::AssertEqual::new(name, elements.clone()),
             )),
             TransformConfig::MapToFields {
@@ -247,7 +247,7 @@ pub fn build(
                     services.state.clone(),
                 ),
             )),
-            TransformConfig::WriteToPubSub(c) => Stage::Operator(Box::new(
+            TransformConfig::WriteToPubSub(c) => Stage::Sink(Box::new(
                 crate::pubsub::WriteToPubSub::new(name, &spec.name, c, errors, st.sink().clone()),
             )),
             TransformConfig::AssignTimestamps { .. }
@@ -325,19 +325,19 @@ pub fn build(
     })
 }
 
-/// Test stage that records what reaches it.
+/// Test sink that records what reaches it (in memory: written at return).
 struct Capture(Captured);
 
 #[async_trait::async_trait]
-impl super::operator::Operator for Capture {
-    async fn process(
+impl super::operator::Sink for Capture {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: crate::record::Batch,
+        _receipts: &mut super::operator::Receipts,
         _out: &mut super::operator::Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<super::operator::Written, EngineError> {
         self.0.lock().expect("not poisoned").push(batch.rows);
-        Ok(())
+        Ok(super::operator::Written::Now)
     }
 }
 

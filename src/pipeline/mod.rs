@@ -7,11 +7,15 @@ pub mod check_types;
 pub mod graph;
 pub mod operator;
 pub mod runner;
+mod sink_stage;
 pub mod stats;
 pub mod valve;
 
 pub use graph::{Graph, Node};
-pub use operator::{END_OF_TIME, EngineError, EventTime, Operator, Output, Source, SourceSink};
+pub use operator::{
+    END_OF_TIME, EngineError, EventTime, Operator, Output, Receipts, Sink, Source, SourceSink,
+    Written,
+};
 
 use crate::config::PipelineSpec;
 use crate::config::diag::{Diagnostics, Reporter};

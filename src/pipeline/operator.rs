@@ -1,5 +1,5 @@
-//! The operator contract: what a transform, source or sink implements, and the [`Output`] it
-//! emits into.
+//! The stage contracts: what a source ([`Source`]), transform ([`Operator`]) or sink ([`Sink`])
+//! implements, and the [`Output`] it emits into.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -9,8 +9,8 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
 use super::stats::{AckStats, SinkStats, SourceStats, WindowStats};
-use crate::record::Batch;
 pub use crate::record::error_record::Element;
+use crate::record::{AckSet, AckStatus, Batch, Releaser};
 
 /// Event time in milliseconds since the epoch; `i64::MAX` is the end of time.
 pub type EventTime = i64;
@@ -180,7 +180,7 @@ pub trait Operator: Send {
 
     /// Every input ended because of a stop with `options.drain: keep`: windows and other
     /// buffered state are not fired; their input must be left for redelivery
-    /// ([`crate::record::abandon`]). By default this is `on_end` (sinks flush as usual).
+    /// ([`crate::record::AckSet::abandon`]). By default this is `on_end`.
     async fn on_drain_keep(&mut self, out: &mut Output) -> Result<(), EngineError> {
         self.on_end(out).await
     }
@@ -204,6 +204,101 @@ pub trait Operator: Send {
         _out: &mut Output,
     ) -> Result<(), EngineError> {
         Ok(())
+    }
+}
+
+/// When a sink's write is durable: what the runner releases the batch's acknowledgement holds
+/// on (Vector's `BatchStatus`, reported by the write instead of by dropping the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Durable at return (a database commit, a publish the server confirmed): the runner
+    /// releases the batch's holds as delivered.
+    Now,
+    /// Durable at a later commit (files: when the set is renamed into place). The sink keeps
+    /// the batch's holds and hands them back through [`Receipts`] from the call that commits.
+    AtCommit,
+}
+
+/// Holds a sink hands back to the runner from a commit: delivered (their rows are durable now)
+/// or failed (their rows will never be written: the input is redelivered).
+#[derive(Debug, Default)]
+pub struct Receipts {
+    delivered: AckSet,
+    failed: AckSet,
+}
+
+impl Receipts {
+    /// The rows of `acks` are durable.
+    pub fn delivered(&mut self, acks: AckSet) {
+        self.delivered.merge(acks);
+    }
+
+    /// The rows of `acks` will not be written (`options.drain: keep` removed their files).
+    pub fn failed(&mut self, acks: AckSet) {
+        self.failed.merge(acks);
+    }
+
+    /// Releases the holds with their outcome (the runner does, after each sink call).
+    pub fn release(self) {
+        self.delivered.release(AckStatus::Delivered);
+        self.failed.release(AckStatus::Failed);
+    }
+}
+
+/// A stage that writes its input somewhere durable: the end of the acknowledgement path.
+///
+/// The runner calls these like [`Operator`]'s (never concurrently, watermarks as the minimum
+/// over the inputs, `on_end` once) and releases the holds of each batch from the outcome of
+/// [`Sink::write`]: delivered when it returned [`Written::Now`]; when it returned
+/// [`Written::AtCommit`], from the [`Receipts`] of the call that committed; failed when it
+/// returned an error. A sink never releases a hold by dropping it.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes `batch`. Rows the target refuses go to the error output through `out` (error
+    /// records carry the batch's holds, so the input waits for its dead letters too).
+    ///
+    /// # Errors
+    /// The target failed after retries, or the configuration does not fit the data: the run
+    /// fails and the batch's input is redelivered.
+    async fn write(
+        &mut self,
+        batch: Batch,
+        receipts: &mut Receipts,
+        out: &mut Output,
+    ) -> Result<Written, EngineError>;
+
+    /// The input watermark advanced (file sinks commit the sets of windows that ended).
+    async fn on_watermark(
+        &mut self,
+        _watermark: EventTime,
+        _receipts: &mut Receipts,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// How often `on_timer` should run (processing time), if at all.
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// A processing-time tick (file sinks roll sets by age).
+    async fn on_timer(
+        &mut self,
+        _now: tokio::time::Instant,
+        _receipts: &mut Receipts,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Every input ended: flush and commit what is buffered.
+    async fn on_end(&mut self, _receipts: &mut Receipts) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Every input ended because of a stop with `options.drain: keep`: what belongs to open
+    /// windows is not committed; its holds go back as failed. By default this is `on_end`.
+    async fn on_drain_keep(&mut self, receipts: &mut Receipts) -> Result<(), EngineError> {
+        self.on_end(receipts).await
     }
 }
 
@@ -237,9 +332,10 @@ pub trait SourceSink: Send {
     fn until_idle(&self) -> Option<std::time::Duration> {
         None
     }
-    /// A flag the runner sets when the run aborts; acknowledgement holds check it on release.
-    fn failed_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        Arc::default()
+    /// Where the holds this source puts on its batches go when their last clone is gone: the
+    /// run's release task, which also knows whether the run failed (`record::ack`).
+    fn releaser(&self) -> Releaser {
+        Releaser::default()
     }
     /// Work to await after every stage finished, or was dropped because the run failed (e.g.
     /// sending the last acknowledgements or nacks), before the run reports its outcome.

@@ -16,10 +16,13 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::graph::Graph;
-use super::operator::{EngineError, EventTime, Operator, Output, Source, SourceSink, StageStats};
+use super::operator::{
+    EngineError, EventTime, Operator, Output, Sink, Source, SourceSink, StageStats,
+};
+use super::sink_stage::SinkStage;
 use super::valve::Valves;
 use crate::config::spec::Drain;
-use crate::record::Batch;
+use crate::record::{Batch, Releaser};
 
 /// Batches buffered per stage inbox. Small: a batch holds thousands of rows, and a short queue
 /// bounds memory at about (stages × capacity × batch size) while still overlapping stages.
@@ -45,6 +48,8 @@ struct Envelope {
 pub enum Stage {
     Source(Box<dyn Source>),
     Operator(Box<dyn Operator>),
+    /// The runner releases the acknowledgement holds of a sink's input from its outcome.
+    Sink(Box<dyn Sink>),
 }
 
 /// Senders for each output port of one stage.
@@ -109,6 +114,9 @@ pub struct RunControl {
     /// Set when the run aborts (a stage failed or panicked) before the stages are dropped, so
     /// acknowledgement holds released by the abort do not acknowledge anything.
     pub failed: Arc<AtomicBool>,
+    /// Where sources' holds go when their last clone is gone; the run's release task releases
+    /// them (acknowledges, saves marks) outside any `Drop`.
+    releaser: Releaser,
     /// Work sources defer until every stage finished or was dropped (flushing acknowledgements).
     deferred: Arc<Mutex<Vec<BoxFuture<'static, ()>>>>,
     /// The run's valves: a source pauses while a valve it feeds (or a gate) is closed.
@@ -124,10 +132,12 @@ pub struct RunControl {
 
 impl RunControl {
     pub fn new(stop: watch::Receiver<bool>) -> Self {
+        let failed: Arc<AtomicBool> = Arc::default();
         RunControl {
             stop,
             until_idle: None,
-            failed: Arc::default(),
+            releaser: Releaser::queued(failed.clone()),
+            failed,
             deferred: Arc::default(),
             valves: Arc::default(),
             drain: Drain::Flush,
@@ -144,6 +154,7 @@ impl RunControl {
 
     /// Shares `failed` with the stages built for this run (their holds check it).
     pub fn with_failed(mut self, failed: Arc<AtomicBool>) -> Self {
+        self.releaser = Releaser::queued(failed.clone());
         self.failed = failed;
         self
     }
@@ -164,6 +175,16 @@ impl RunControl {
     pub fn with_valves(mut self, valves: Arc<Valves>) -> Self {
         self.valves = valves;
         self
+    }
+
+    /// Releases the holds whose last clone is gone (after the stages finished or were dropped;
+    /// the release task was stopped), then awaits the work sources deferred, which may wait for
+    /// those releases (the last acknowledgements).
+    async fn finish(&self, releasing: tokio::task::JoinHandle<()>) {
+        releasing.abort();
+        let _ = releasing.await;
+        self.releaser.close();
+        self.run_deferred().await;
     }
 
     /// Awaits the work sources deferred (after the stages finished or were dropped).
@@ -219,6 +240,8 @@ pub async fn run(
     }
     drop(senders);
 
+    // Holds whose last clone is gone are released here, as they come, outside any `Drop`.
+    let releasing = tokio::spawn(control.releaser.clone().run());
     let mut tasks = JoinSet::new();
     for (i, ((stage, inbox), fanout)) in stages.into_iter().zip(inboxes).zip(fanouts).enumerate() {
         let name = graph.nodes[i].name.clone();
@@ -226,29 +249,28 @@ pub async fn run(
         let inputs = graph.nodes[i].inputs.len();
         let ports = graph.nodes[i].ports.len();
         let control = control.clone();
-        match stage {
+        let op: Box<dyn Operator> = match stage {
             Stage::Source(src) => {
                 let pausing = control.valves.pausing(i);
                 tasks.spawn(run_source(name, src, fanout, st, control, pausing));
+                continue;
             }
-            Stage::Operator(op) => {
-                let inbox = inbox.expect("operators have inputs");
-                let failed = control.failed.clone();
-                tasks.spawn(async move {
-                    let mut op = op;
-                    let res =
-                        run_operator(name, &mut op, inbox, inputs, ports, fanout, st, &control)
-                            .await;
-                    // Flag the failure before the operator (and the holds it keeps) is dropped,
-                    // so nothing it held is acknowledged.
-                    if res.is_err() {
-                        failed.store(true, Ordering::SeqCst);
-                    }
-                    drop(op);
-                    res
-                });
+            Stage::Operator(op) => op,
+            Stage::Sink(sink) => Box::new(SinkStage(sink)),
+        };
+        let inbox = inbox.expect("operators have inputs");
+        let failed = control.failed.clone();
+        tasks.spawn(async move {
+            let mut op = op;
+            let res = run_operator(name, &mut op, inbox, inputs, ports, fanout, st, &control).await;
+            // Flag the failure before the operator (and the holds it keeps) is dropped, so
+            // nothing it held is acknowledged.
+            if res.is_err() {
+                failed.store(true, Ordering::SeqCst);
             }
-        }
+            drop(op);
+            res
+        });
     }
     let mut stop = control.stop.clone();
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -273,7 +295,7 @@ pub async fn run(
                 control.failed.store(true, Ordering::SeqCst);
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
-                control.run_deferred().await;
+                control.finish(releasing).await;
                 return Err(EngineError::DrainTimeout {
                     message: format!(
                         "the stop did not finish within {:?} (options.drain_timeout); unwritten input is left for redelivery",
@@ -302,11 +324,11 @@ pub async fn run(
             }
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            control.run_deferred().await;
+            control.finish(releasing).await;
             return Err(e);
         }
     }
-    control.run_deferred().await;
+    control.finish(releasing).await;
     Ok(RunReport {
         stats: graph
             .nodes
@@ -448,8 +470,8 @@ impl SourceSink for SourceOut {
         self.control.valves.blocks(&self.pausing)
     }
 
-    fn failed_flag(&self) -> Arc<AtomicBool> {
-        self.control.failed.clone()
+    fn releaser(&self) -> Releaser {
+        self.control.releaser.clone()
     }
 
     fn defer(&mut self, work: BoxFuture<'static, ()>) {

@@ -1,17 +1,17 @@
 //! Acknowledgement holds for pulled messages, and the source watermark: pure bookkeeping, no I/O.
 //!
-//! [`MessageAcks`] is the [`AckToken`](crate::record::AckToken) a `ReadFromPubSub` batch
-//! carries. Every batch derived from those messages holds a clone, and sinks drop theirs only
-//! after the durable write, so the last drop means "everything derived from these messages was
-//! written" and acknowledges them. If the run failed, the runner set the shared `failed` flag
-//! first, and the drop nacks instead: the messages are redelivered, nothing unwritten is acked.
+//! [`MessageAcks`] is the [`Hold`] a `ReadFromPubSub` batch carries (wrapped in an
+//! [`AckToken`](crate::record::AckToken)). Every batch derived from those messages holds a
+//! clone; when the last one is gone (written by every sink, filtered out, or committed to a
+//! Combine's state), the runner's release task calls [`Hold::release`] with the final status:
+//! delivered acknowledges the messages, failed (the run failed, or output was kept unwritten)
+//! nacks them, so they are redelivered and nothing unwritten is acknowledged.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::pipeline::EventTime;
 use crate::pipeline::stats::AckStats;
+use crate::record::{AckStatus, Hold};
 
 /// Something that can be acknowledged or rejected once: a message handler of the client library
 /// (a trait so the bookkeeping is tested without a server).
@@ -29,14 +29,45 @@ impl Ackable for google_cloud_pubsub::subscriber::handler::Handler {
     }
 }
 
+/// The handlers of one emitted batch. Copies of its messages pulled later join them until the
+/// batch is released ([`Handlers::adopt`]); the source's ledger keeps a `Weak` to find them.
+#[derive(Default)]
+pub struct Handlers(Mutex<Option<Vec<Box<dyn Ackable>>>>);
+
+impl Handlers {
+    fn new(handlers: Vec<Box<dyn Ackable>>) -> Self {
+        Handlers(Mutex::new(Some(handlers)))
+    }
+
+    /// Adds the handler of a duplicate copy of a held message: it is acknowledged (or nacked)
+    /// with this batch. Gives the handler back when the batch was already released.
+    pub fn adopt(&self, handler: Box<dyn Ackable>) -> Result<(), Box<dyn Ackable>> {
+        match self.0.lock() {
+            Ok(mut h) => match h.as_mut() {
+                Some(h) => {
+                    h.push(handler);
+                    Ok(())
+                }
+                None => Err(handler),
+            },
+            Err(_) => Err(handler),
+        }
+    }
+
+    fn take(&self) -> Vec<Box<dyn Ackable>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+}
+
 /// The acknowledgement hold of one emitted batch of messages. It also keeps the source's
 /// message counters: received when created, acknowledged or nacked (by the batch's size) when
 /// released, and the batch's receive time until then (for the oldest unacknowledged age).
 pub struct MessageAcks {
-    handlers: Mutex<Vec<Box<dyn Ackable>>>,
-    failed: Arc<AtomicBool>,
-    /// Some output derived from these messages will never be written: nack on release.
-    abandoned: AtomicBool,
+    handlers: Arc<Handlers>,
     stats: Arc<AckStats>,
     /// The batch's key in `stats` (its receive time).
     received: EventTime,
@@ -45,9 +76,27 @@ pub struct MessageAcks {
     ids: Option<(Vec<u128>, super::ledger::Released)>,
 }
 
-impl crate::record::Hold for MessageAcks {
-    fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
+impl Hold for MessageAcks {
+    fn release(self: Box<Self>, status: AckStatus) {
+        let handlers = self.handlers.take();
+        let n = handlers.len();
+        let acked = status == AckStatus::Delivered;
+        if let Some((ids, released)) = self.ids {
+            released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ids.into_iter().map(|id| (id, acked)));
+        }
+        if acked {
+            handlers.into_iter().for_each(|h| h.ack());
+        } else {
+            tracing::debug!(
+                messages = n,
+                "Run failed or output kept unwritten: nacking held messages"
+            );
+            handlers.into_iter().for_each(|h| h.nack());
+        }
+        self.stats.released(self.received, n, acked);
     }
 }
 
@@ -55,15 +104,12 @@ impl MessageAcks {
     /// Holds `handlers`, received at `received_ms` (when the batch's first message arrived).
     pub fn new(
         handlers: Vec<Box<dyn Ackable>>,
-        failed: Arc<AtomicBool>,
         stats: Arc<AckStats>,
         received_ms: EventTime,
     ) -> Self {
         let received = stats.received(handlers.len(), received_ms);
         MessageAcks {
-            handlers: Mutex::new(handlers),
-            failed,
-            abandoned: AtomicBool::new(false),
+            handlers: Arc::new(Handlers::new(handlers)),
             stats,
             received,
             ids: None,
@@ -76,54 +122,14 @@ impl MessageAcks {
         self
     }
 
-    /// Adds the handler of a duplicate copy of a held message: it is acknowledged (or nacked)
-    /// with this batch. Gives the handler back when the hold was already released.
-    pub fn adopt(&self, handler: Box<dyn Ackable>) -> Result<(), Box<dyn Ackable>> {
-        match self.handlers.lock() {
-            Ok(mut h) => {
-                h.push(handler);
-                Ok(())
-            }
-            Err(_) => Err(handler),
-        }
-    }
-
-    /// Whether released holds of this run nack (the run failed).
-    pub fn failing(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+    /// Where copies of these messages join them, for the ledger (gone once released).
+    pub fn handlers(&self) -> Weak<Handlers> {
+        Arc::downgrade(&self.handlers)
     }
 
     #[cfg(test)]
     pub fn for_test() -> Self {
-        MessageAcks::new(Vec::new(), Arc::default(), Arc::default(), 0)
-    }
-}
-
-impl Drop for MessageAcks {
-    fn drop(&mut self) {
-        let handlers = match self.handlers.get_mut() {
-            Ok(h) => std::mem::take(h),
-            Err(poisoned) => std::mem::take(poisoned.into_inner()),
-        };
-        let n = handlers.len();
-        let acked = !(self.failed.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst));
-        if let Some((ids, released)) = self.ids.take() {
-            released
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(ids.into_iter().map(|id| (id, acked)));
-        }
-        if !acked {
-            tracing::debug!(
-                messages = n,
-                "Run failed or output kept unwritten: nacking held messages"
-            );
-            handlers.into_iter().for_each(|h| h.nack());
-            self.stats.released(self.received, n, false);
-        } else {
-            handlers.into_iter().for_each(|h| h.ack());
-            self.stats.released(self.received, n, true);
-        }
+        MessageAcks::new(Vec::new(), Arc::default(), 0)
     }
 }
 
@@ -173,6 +179,7 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     struct Probe(Arc<Mutex<Vec<&'static str>>>);
@@ -192,6 +199,8 @@ mod tests {
         counted_token(log, failed, &Arc::default(), 0, 2)
     }
 
+    use std::sync::atomic::Ordering;
+
     fn counted_token(
         log: &Arc<Mutex<Vec<&'static str>>>,
         failed: &Arc<AtomicBool>,
@@ -199,14 +208,16 @@ mod tests {
         received_ms: EventTime,
         messages: usize,
     ) -> crate::record::AckToken {
-        Arc::new(MessageAcks::new(
-            (0..messages)
-                .map(|_| Box::new(Probe(log.clone())) as Box<dyn Ackable>)
-                .collect(),
-            failed.clone(),
-            stats.clone(),
-            received_ms,
-        ))
+        crate::record::Ack::new(
+            MessageAcks::new(
+                (0..messages)
+                    .map(|_| Box::new(Probe(log.clone())) as Box<dyn Ackable>)
+                    .collect(),
+                stats.clone(),
+                received_ms,
+            ),
+            &crate::record::Releaser::inline(failed.clone()),
+        )
     }
 
     #[test]
@@ -266,7 +277,7 @@ mod tests {
         let failed = Arc::new(AtomicBool::new(false));
         let t = token(&log, &failed);
         let copy = t.clone();
-        crate::record::abandon(std::slice::from_ref(&copy));
+        crate::record::AckSet::one(copy.clone()).abandon();
         drop(copy);
         assert!(log.lock().unwrap().is_empty());
         drop(t);

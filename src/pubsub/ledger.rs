@@ -18,9 +18,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::ack::MessageAcks;
+use super::ack::Handlers;
 
-/// Ids acknowledged (`true`) or nacked since the ledger last looked: filled by [`MessageAcks`].
+/// Ids acknowledged (`true`) or nacked since the ledger last looked: filled by [`super::ack::MessageAcks`].
 pub type Released = Arc<Mutex<Vec<(u128, bool)>>>;
 
 /// The key of a message id.
@@ -33,14 +33,14 @@ pub enum Seen {
     /// Not seen within the horizon: process it.
     New,
     /// Seen, and its original is still held downstream: the copy joins that hold.
-    Held(Arc<MessageAcks>),
+    Held(Arc<Handlers>),
     /// Seen and already acknowledged (or nacked, when the run failed): settle the copy at once.
     Settled,
 }
 
 struct Entry {
     expiry: i64,
-    original: Weak<MessageAcks>,
+    original: Weak<Handlers>,
 }
 
 /// Ids seen within the horizon.
@@ -80,7 +80,7 @@ impl Ledger {
     }
 
     /// Records `key` as first seen at `now_ms`, held by `original`.
-    pub fn insert(&mut self, key: u128, original: Weak<MessageAcks>, now_ms: i64) {
+    pub fn insert(&mut self, key: u128, original: Weak<Handlers>, now_ms: i64) {
         let expiry = now_ms.saturating_add(self.horizon_ms);
         self.entries.insert(key, Entry { expiry, original });
         self.order.push_back((expiry, key));
@@ -197,8 +197,8 @@ mod tests {
         let mut l = Ledger::new(std::time::Duration::from_secs(600));
         let k = key("event-1");
         assert!(matches!(l.seen(k, 0), Seen::New));
-        let original = Arc::new(MessageAcks::for_test());
-        l.insert(k, Arc::downgrade(&original), 1_000);
+        let original = super::super::ack::MessageAcks::for_test();
+        l.insert(k, original.handlers(), 1_000);
         assert!(matches!(l.seen(k, 2_000), Seen::Held(_)));
         drop(original);
         assert!(matches!(l.seen(k, 2_000), Seen::Settled));
@@ -212,8 +212,8 @@ mod tests {
     fn an_id_still_held_past_the_horizon_is_kept_until_released() {
         let mut l = Ledger::new(std::time::Duration::from_secs(10));
         let k = key("m");
-        let original = Arc::new(MessageAcks::for_test());
-        l.insert(k, Arc::downgrade(&original), 0);
+        let original = super::super::ack::MessageAcks::for_test();
+        l.insert(k, original.handlers(), 0);
         assert!(l.expire(20_000).is_empty());
         assert!(matches!(l.seen(k, 20_000), Seen::Held(_)));
         drop(original);

@@ -2,8 +2,8 @@
 //! `sluice_id` attribute, with `shard:` the `sluice_shard` attribute and per-shard topics),
 //! published through the official client's batching publisher (one per topic).
 //!
-//! `process` returns only after every message of the batch was confirmed by Pub/Sub, so the
-//! batch (and its acknowledgement holds) is dropped only after the durable write. Transient
+//! `write` returns [`Written::Now`] only after every message of the batch was confirmed by
+//! Pub/Sub, so the runner releases the batch's acknowledgement holds after the durable write. Transient
 //! failures are retried with exponential backoff; permanent ones fail the run (which then
 //! acknowledges nothing).
 
@@ -20,7 +20,7 @@ use google_cloud_pubsub::model::Message;
 use super::client::{Connection, PubSubError};
 use super::config::{Format, WriteConfig};
 use super::shard::{SHARD_ATTRIBUTE, is_per_shard, shards, topic_for};
-use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output};
+use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Receipts, Sink, Written};
 use crate::pipeline::stats::SinkStats;
 use crate::record::error_record;
 use crate::record::{Batch, meta};
@@ -417,13 +417,13 @@ impl WriteToPubSub {
 }
 
 #[async_trait]
-impl Operator for WriteToPubSub {
-    async fn process(
+impl Sink for WriteToPubSub {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        _receipts: &mut Receipts,
         out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         let (msgs, bad) = self
             .messages(&batch)
             .map_err(|e| EngineError::config(&self.name, e))?;
@@ -442,16 +442,15 @@ impl Operator for WriteToPubSub {
             self.errors.report(out, &batch, failures);
         }
         if msgs.is_empty() {
-            return Ok(());
+            return Ok(Written::Now);
         }
         self.ensure_publishers(&msgs).await?;
         self.publish_all(msgs).await?;
-        // Only now, with every message confirmed, is `batch` (and its holds) dropped.
-        drop(batch);
-        Ok(())
+        // Every message is confirmed: the runner releases the batch's holds.
+        Ok(Written::Now)
     }
 
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+    async fn on_end(&mut self, _receipts: &mut Receipts) -> Result<(), EngineError> {
         for p in self.publishers.values() {
             p.flush().await;
         }

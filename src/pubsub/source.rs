@@ -23,7 +23,7 @@ use super::decode::{Incoming, MessageDecoder};
 use super::ledger::{self, Expected, Ledger, Seen, parse_store_key, store_key};
 use crate::pipeline::operator::{EngineError, ErrorRoute, Output, Source, SourceSink};
 use crate::pipeline::stats::AckStats;
-use crate::record::{AckToken, Batch};
+use crate::record::{Ack, AckSet, AckToken, Batch, Releaser};
 use crate::state::StateStore;
 use crate::transforms::window::combine::durable::retry;
 
@@ -229,7 +229,11 @@ impl ReadFromPubSub {
                 Seen::New => firsts.push((m, h, key)),
                 Seen::Held(original) => match original.adopt(Box::new(h)) {
                     Ok(()) => self.acks.duplicate(None),
-                    Err(h) => settle(h, &self.acks, original.failing()),
+                    Err(h) => settle(
+                        h,
+                        &self.acks,
+                        failed.load(std::sync::atomic::Ordering::SeqCst),
+                    ),
                 },
                 Seen::Settled => {
                     settle(
@@ -323,14 +327,14 @@ impl ReadFromPubSub {
         &mut self,
         decoder: &mut MessageDecoder,
         (pending, received_ms): (Vec<(Incoming, Handler)>, i64),
-        failed: &Arc<std::sync::atomic::AtomicBool>,
+        releaser: &Releaser,
         watermark: &mut Watermark,
         sink: &mut dyn SourceSink,
     ) -> Result<(), EngineError> {
         if pending.is_empty() {
             return Ok(());
         }
-        let (firsts, copies) = self.dedupe(pending, failed);
+        let (firsts, copies) = self.dedupe(pending, releaser.failed());
         if firsts.is_empty() {
             return self.commit_ids(&[]).await;
         }
@@ -344,22 +348,21 @@ impl ReadFromPubSub {
         }
         // Copies of a message of this pull are settled with it.
         handlers.extend(copies.into_iter().map(|h| Box::new(h) as Box<dyn Ackable>));
-        let mut acks = MessageAcks::new(handlers, failed.clone(), self.acks.clone(), received_ms);
+        let mut acks = MessageAcks::new(handlers, self.acks.clone(), received_ms);
         if self.durable.is_some() {
             acks = acks.with_ids(keys.clone(), self.ledger.released());
         }
-        let acks = Arc::new(acks);
         let now = now_ms();
         for k in &keys {
-            self.ledger.insert(*k, Arc::downgrade(&acks), now);
+            self.ledger.insert(*k, acks.handlers(), now);
         }
+        let token: AckToken = Ack::new(acks, releaser);
         self.commit_ids(&keys).await?;
-        let token: AckToken = acks;
         let (rows, bad) = decoder.decode(&msgs);
         let mut out = Output::new(self.ports);
         let origin = Batch {
             rows: arrow::array::RecordBatch::new_empty(ErrorRoute::schema()),
-            acks: vec![token.clone()],
+            acks: AckSet::one(token.clone()),
         };
         self.errors.report_elements(
             &mut out,
@@ -372,7 +375,7 @@ impl ReadFromPubSub {
         if let Some(rows) = rows {
             let batch = Batch {
                 rows,
-                acks: vec![token.clone()],
+                acks: AckSet::one(token.clone()),
             };
             if let Some(times) = batch.event_times() {
                 decoder.range.observe(times, now, &self.errors);
@@ -538,7 +541,7 @@ impl Source for ReadFromPubSub {
                 delete_subscription(&conn, &sub, &name).await;
             }
         }));
-        let failed = sink.failed_flag();
+        let releaser = sink.releaser();
         let until_idle = sink.until_idle();
         let mut watermark = Watermark::new(self.cfg.watermark.max_delay);
         let mut last_message = Instant::now();
@@ -568,7 +571,7 @@ impl Source for ReadFromPubSub {
                     if pending.len() >= self.batch_size {
                         let batch = (std::mem::take(&mut pending), batch_started_ms);
                         if let Err(e) = self
-                            .emit(&mut decoder, batch, &failed, &mut watermark, sink)
+                            .emit(&mut decoder, batch, &releaser, &mut watermark, sink)
                             .await
                         {
                             break Err(e);
@@ -592,7 +595,7 @@ impl Source for ReadFromPubSub {
                     if !pending.is_empty() {
                         let batch = (std::mem::take(&mut pending), batch_started_ms);
                         if let Err(e) = self
-                            .emit(&mut decoder, batch, &failed, &mut watermark, sink)
+                            .emit(&mut decoder, batch, &releaser, &mut watermark, sink)
                             .await
                         {
                             break Err(e);
@@ -636,7 +639,7 @@ impl Source for ReadFromPubSub {
         };
         if result.is_ok() && !pending.is_empty() {
             let batch = (std::mem::take(&mut pending), batch_started_ms);
-            self.emit(&mut decoder, batch, &failed, &mut watermark, sink)
+            self.emit(&mut decoder, batch, &releaser, &mut watermark, sink)
                 .await?;
         }
         // Messages pulled but not emitted are nacked when their handlers drop.

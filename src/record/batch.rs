@@ -10,6 +10,8 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
+use super::ack::{AckSet, AckToken};
+
 /// Names and types of the hidden columns.
 pub mod meta {
     /// Prefix shared by every hidden column; user fields may not use it.
@@ -30,36 +32,12 @@ pub mod meta {
     }
 }
 
-/// A hold on source input that is not yet fully processed. Sources (Pub/Sub) put an object here
-/// whose `Drop` acknowledges the messages; every batch derived from that input carries a clone,
-/// so the messages are acknowledged only when the last derived batch was written by its sink
-/// (which drops it after the durable write) or filtered away.
-pub type AckToken = Arc<dyn Hold>;
-
-/// What an acknowledgement hold can be told besides being dropped.
-pub trait Hold: Send + Sync {
-    /// Something derived from this input will never be written (a window kept open by
-    /// `options.drain: keep`): release it as "not processed" (Pub/Sub: nack, so it is
-    /// redelivered) instead of acknowledging it.
-    fn abandon(&self) {}
-}
-
-/// A hold with no source behind it (tests, inline data).
-impl Hold for () {}
-
-/// Releases `acks` as not processed when their last clone drops (see [`Hold::abandon`]).
-pub fn abandon(acks: &[AckToken]) {
-    for a in acks {
-        a.abandon();
-    }
-}
-
 /// The unit of data between transforms.
 #[derive(Clone)]
 pub struct Batch {
     pub rows: RecordBatch,
-    /// Holds on the source input this batch derives from; see [`AckToken`].
-    pub acks: Vec<AckToken>,
+    /// Holds on the source input this batch derives from (`record::ack`).
+    pub acks: AckSet,
 }
 
 impl std::fmt::Debug for Batch {
@@ -76,7 +54,7 @@ impl Batch {
     pub fn new(rows: RecordBatch) -> Self {
         Batch {
             rows,
-            acks: Vec::new(),
+            acks: AckSet::new(),
         }
     }
 
@@ -92,13 +70,10 @@ impl Batch {
 
     /// A batch computed from several (an aggregation's pane): the union of their holds.
     pub fn merged(rows: RecordBatch, acks: impl IntoIterator<Item = AckToken>) -> Batch {
-        let mut all: Vec<AckToken> = Vec::new();
-        for a in acks {
-            if !all.iter().any(|b| Arc::ptr_eq(b, &a)) {
-                all.push(a);
-            }
+        Batch {
+            rows,
+            acks: acks.into_iter().collect(),
         }
-        Batch { rows, acks: all }
     }
 
     pub fn num_rows(&self) -> usize {

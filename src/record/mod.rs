@@ -1,6 +1,7 @@
 //! Records: the [`Batch`] that flows between transforms, Sluice's hidden metadata columns, and
 //! conversions between JSON and Arrow.
 
+pub mod ack;
 mod batch;
 pub mod error_record;
 pub mod json;
@@ -9,4 +10,5 @@ pub mod rows;
 pub mod schema;
 pub mod screen;
 
-pub use batch::{AckToken, Batch, Hold, abandon, meta, user_columns, with_column};
+pub use ack::{Ack, AckSet, AckStatus, AckToken, Hold, Releaser, abandon};
+pub use batch::{Batch, meta, user_columns, with_column};

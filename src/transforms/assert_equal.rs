@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::pipeline::operator::{EngineError, Operator, Output};
+use crate::pipeline::operator::{EngineError, Output, Receipts, Sink, Written};
 use crate::record::{Batch, rows};
 
 pub struct AssertEqual {
@@ -39,22 +39,23 @@ pub fn describe_diff(expected: &[Value], actual: &[Value]) -> Option<String> {
 }
 
 #[async_trait]
-impl Operator for AssertEqual {
-    async fn process(
+impl Sink for AssertEqual {
+    /// Rows are kept in memory for the comparison at the end: that is this sink's write.
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        _receipts: &mut Receipts,
         _out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         self.actual.extend(
             rows::to_json_rows(&batch.rows)
                 .into_iter()
                 .map(Value::Object),
         );
-        Ok(())
+        Ok(Written::Now)
     }
 
-    async fn on_end(&mut self, _out: &mut Output) -> Result<(), EngineError> {
+    async fn on_end(&mut self, _receipts: &mut Receipts) -> Result<(), EngineError> {
         match describe_diff(&self.expected, &self.actual) {
             None => Ok(()),
             Some(message) => Err(EngineError::Assertion {

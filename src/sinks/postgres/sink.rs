@@ -1,11 +1,11 @@
-//! The `WriteToPostgres` operator: resolves the target table for each input schema (creating
+//! The `WriteToPostgres` sink: resolves the target table for each input schema (creating
 //! it when asked), writes each batch as UNNEST-ed `text[]` statements of `batch_size` rows,
 //! retries transient failures with backoff, and isolates rows the database refuses by halving
 //! the failed statement until the offending row stands alone; that row goes to the error output
 //! with the database's message while the others are written.
 //!
-//! `process` returns only once every row of the batch is written or routed to the error output,
-//! and the batch (with its acknowledgement holds) is dropped only then.
+//! `write` returns [`Written::Now`] only once every row of the batch is written or routed to the
+//! error output; the runner then releases the batch's acknowledgement holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +18,9 @@ use tokio_postgres::types::ToSql;
 
 use super::config::PostgresConfig;
 use super::sql::{self, Failure};
-use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
+use crate::pipeline::operator::{
+    EngineError, ErrorRoute, Output, Receipts, Sink, StageStats, Written,
+};
 use crate::record::{Batch, rows};
 use crate::sinks::retry::Backoff;
 use crate::sinks::values::column_text;
@@ -347,7 +349,10 @@ impl WriteToPostgres {
     }
 
     /// Writes every row of `rows`, returning the (row JSON, reason) of rows refused.
-    async fn write(&mut self, user: &RecordBatch) -> Result<Vec<(String, String)>, EngineError> {
+    async fn write_rows(
+        &mut self,
+        user: &RecordBatch,
+    ) -> Result<Vec<(String, String)>, EngineError> {
         let plan = self.plan_for(&user.schema()).await?;
         let mut texts = Vec::with_capacity(user.num_columns());
         for (f, c) in user.schema().fields().iter().zip(user.columns()) {
@@ -447,21 +452,21 @@ fn field_names(schema: &SchemaRef) -> String {
 }
 
 #[async_trait]
-impl Operator for WriteToPostgres {
-    async fn process(
+impl Sink for WriteToPostgres {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        _receipts: &mut Receipts,
         out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         let user = batch.user_rows();
         if user.num_rows() == 0 {
-            return Ok(());
+            return Ok(Written::Now);
         }
-        let rejected = self.write(&user).await?;
+        let rejected = self.write_rows(&user).await?;
         self.errors.report(out, &batch, rejected);
-        // `batch` (and its acknowledgement holds) is dropped here, after the durable write.
-        Ok(())
+        // Committed: the runner releases the batch's holds.
+        Ok(Written::Now)
     }
 }
 

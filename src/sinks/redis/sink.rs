@@ -1,8 +1,9 @@
-//! The `WriteToRedis` operator: renders each batch into commands, sends them as pipelines over
+//! The `WriteToRedis` sink: renders each batch into commands, sends them as pipelines over
 //! a `ConnectionManager` (which reconnects after a dropped connection), retries the whole
 //! pipeline on connection failures (every command is idempotent, so a partly applied pipeline
 //! is safe to resend), and routes rows that Redis refuses or that cannot be rendered to the
-//! error output. `process` returns after Redis confirmed every command of the batch.
+//! error output. `write` returns [`Written::Now`] after Redis confirmed every command of the
+//! batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use redis::{RedisError, RedisResult, RetryMethod, Value};
 
 use super::commands::{Compiled, RowWrite};
 use super::config::RedisConfig;
-use crate::pipeline::operator::{EngineError, ErrorRoute, Operator, Output, StageStats};
+use crate::pipeline::operator::{
+    EngineError, ErrorRoute, Output, Receipts, Sink, StageStats, Written,
+};
 use crate::record::{Batch, rows};
 use crate::sinks::retry::Backoff;
 
@@ -138,16 +141,16 @@ fn redact(url: &str) -> String {
 }
 
 #[async_trait]
-impl Operator for WriteToRedis {
-    async fn process(
+impl Sink for WriteToRedis {
+    async fn write(
         &mut self,
-        _input: usize,
         batch: Batch,
+        _receipts: &mut Receipts,
         out: &mut Output,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Written, EngineError> {
         let user = batch.user_rows();
         if user.num_rows() == 0 {
-            return Ok(());
+            return Ok(Written::Now);
         }
         let compiled = self.compiled(&user.schema())?;
         let (writes, mut rejected) = compiled
@@ -201,8 +204,8 @@ impl Operator for WriteToRedis {
             }
         }
         self.errors.report(out, &batch, rejected);
-        // `batch` (and its acknowledgement holds) is dropped here, after Redis confirmed.
-        Ok(())
+        // Redis confirmed: the runner releases the batch's holds.
+        Ok(Written::Now)
     }
 }
 

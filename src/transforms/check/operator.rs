@@ -231,9 +231,9 @@ impl Check {
             let Some(first) = parts.first() else { continue };
             let rows = concat_batches(&first.schema(), parts.iter().map(|b| &b.rows))
                 .map_err(|e| self.internal(e))?;
-            let acks: Vec<_> = parts.iter().flat_map(|b| b.acks.iter().cloned()).collect();
+            let acks = parts.iter().flat_map(|b| b.acks.iter().cloned()).collect();
             self.queue.push_back(Unit {
-                batch: Batch::merged(rows, acks),
+                batch: Batch { rows, acks },
                 window: Some(w),
                 timing: Some(ON_TIME),
                 checked: false,
@@ -254,9 +254,9 @@ impl Check {
         };
         let rows = concat_batches(&first.schema(), parts.iter().map(|b| &b.rows))
             .map_err(|e| self.internal(e))?;
-        let acks: Vec<_> = parts.iter().flat_map(|b| b.acks.iter().cloned()).collect();
+        let acks = parts.iter().flat_map(|b| b.acks.iter().cloned()).collect();
         self.queue.push_back(Unit {
-            batch: Batch::merged(rows, acks),
+            batch: Batch { rows, acks },
             window: None,
             timing: None,
             checked: false,

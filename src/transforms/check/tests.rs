@@ -12,7 +12,7 @@ use crate::alerts::{AlertKind, AlertTargets, Alerter};
 use crate::config::WindowKind;
 use crate::pipeline::operator::{EngineError, Operator, Output, StageStats};
 use crate::pipeline::valve::{ValveState, Valves};
-use crate::record::{AckToken, Batch, meta};
+use crate::record::{Ack, AckSet, AckToken, Batch, meta};
 
 const MIN: i64 = 60_000;
 
@@ -38,7 +38,7 @@ fn pane(w: i64, n: usize, hold: &AckToken) -> Batch {
     .expect("valid pane");
     Batch {
         rows,
-        acks: vec![hold.clone()],
+        acks: AckSet::one(hold.clone()),
     }
 }
 
@@ -124,7 +124,7 @@ impl Harness {
 #[tokio::test]
 async fn alert_only_passes_everything_and_alerts_once_per_failing_rule() {
     let mut h = Harness::new(volume_check(OnFailure::Alert, None));
-    let hold: AckToken = Arc::new(());
+    let hold: AckToken = Ack::none();
     h.pane(0, 100, &hold).await;
     h.pane(1, 10, &hold).await;
     h.pane(2, 100, &hold).await;
@@ -152,7 +152,7 @@ async fn alert_only_passes_everything_and_alerts_once_per_failing_rule() {
 async fn halt_holds_the_failing_pane_and_what_follows_and_the_watermark() {
     let mut h = Harness::new(volume_check(OnFailure::AlertAndHalt, None));
     let (first, second, third): (AckToken, AckToken, AckToken) =
-        (Arc::new(()), Arc::new(()), Arc::new(()));
+        (Ack::none(), Ack::none(), Ack::none());
     h.pane(0, 100, &first).await;
     assert_eq!(h.emitted(), vec![100]);
     assert_eq!(h.check.output_watermark(MIN), MIN);
@@ -192,7 +192,7 @@ async fn halt_holds_the_failing_pane_and_what_follows_and_the_watermark() {
 #[tokio::test]
 async fn the_input_ending_with_the_valve_closed_fails_the_run() {
     let mut h = Harness::new(volume_check(OnFailure::Halt, None));
-    let hold: AckToken = Arc::new(());
+    let hold: AckToken = Ack::none();
     h.pane(0, 100, &hold).await;
     h.pane(1, 10, &hold).await;
     let err = h.check.on_end(&mut h.out).await.expect_err("halted");
@@ -204,7 +204,7 @@ async fn the_input_ending_with_the_valve_closed_fails_the_run() {
 #[tokio::test]
 async fn after_retry_after_a_passing_recheck_reopens_and_a_failing_one_keeps_it_closed() {
     let mut h = Harness::new(volume_check(OnFailure::Halt, Some(Duration::from_secs(60))));
-    let hold: AckToken = Arc::new(());
+    let hold: AckToken = Ack::none();
     h.pane(0, 100, &hold).await;
     h.pane(1, 10, &hold).await;
     assert_eq!(h.emitted(), vec![100]);

@@ -198,14 +198,16 @@ impl Sql {
     ) -> Result<(), EngineError> {
         let config = SessionConfig::new().with_batch_size(self.batch_size);
         let ctx = crate::expr::bounded::session(config);
-        let mut acks = Vec::new();
+        let mut acks = crate::record::AckSet::new();
         let mut empty = Vec::new();
         let mut names = self.tables.clone();
         names.sort();
         names.dedup();
         for name in &names {
             let batches = tables.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            acks.extend(batches.iter().flat_map(|b| b.acks.iter().cloned()));
+            for b in batches {
+                acks.extend_from(&b.acks);
+            }
             let user: Vec<RecordBatch> = batches.iter().map(Batch::user_rows).collect();
             if user.is_empty() {
                 empty.push(name.clone());
@@ -236,7 +238,10 @@ impl Sql {
             ))
         })?;
         for rows in results {
-            out.main(Batch::merged(rows, acks.iter().cloned()));
+            out.main(Batch {
+                rows,
+                acks: acks.clone(),
+            });
         }
         Ok(())
     }

@@ -139,7 +139,7 @@ impl Operator for Deduplicate {
         if let Some(d) = &self.durable
             && !kept_keys.is_empty()
         {
-            kept.acks.push(d.kept(kept_keys));
+            kept.acks.insert(d.kept(kept_keys));
         }
         out.main(kept);
         Ok(())

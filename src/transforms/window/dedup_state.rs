@@ -9,11 +9,11 @@
 //! row's event time (8 bytes, little endian).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::pipeline::operator::{EngineError, EventTime};
-use crate::record::{AckToken, Hold};
+use crate::record::{Ack, AckStatus, AckToken, Hold, Releaser};
 use crate::transforms::window::combine::durable::{DurableConfig, retry};
 
 /// Keys (arrow-row bytes) with the event time of their kept row.
@@ -75,14 +75,16 @@ impl DedupState {
             .collect())
     }
 
-    /// A hold for an output batch keeping `keys`: when it drops (written), they are checkpointed.
+    /// A hold for an output batch keeping `keys`: released as delivered (written), they are
+    /// checkpointed.
     pub fn kept(&self, keys: Keys) -> AckToken {
-        Arc::new(KeysWritten {
-            keys: Mutex::new(keys),
-            to: self.written.clone(),
-            failed: self.cfg.failed.clone(),
-            abandoned: AtomicBool::new(false),
-        })
+        Ack::new(
+            KeysWritten {
+                keys,
+                to: self.written.clone(),
+            },
+            &Releaser::inline(self.cfg.failed.clone()),
+        )
     }
 
     pub fn evict(&mut self, key: Vec<u8>) {
@@ -132,30 +134,20 @@ impl DedupState {
     }
 }
 
-/// Reports the keys of one output batch as written when its last clone drops, unless the run
-/// failed or the batch was given up.
+/// Reports the keys of one output batch as written when it is released as delivered (not if
+/// the run failed or the batch was given up). In-memory only: the next checkpoint commits them.
 struct KeysWritten {
-    keys: Mutex<Keys>,
+    keys: Keys,
     to: Arc<Mutex<Keys>>,
-    failed: Arc<AtomicBool>,
-    abandoned: AtomicBool,
 }
 
 impl Hold for KeysWritten {
-    fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for KeysWritten {
-    fn drop(&mut self) {
-        if self.failed.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) {
-            return;
+    fn release(self: Box<Self>, status: AckStatus) {
+        if status == AckStatus::Delivered {
+            self.to
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(self.keys);
         }
-        let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|p| p.into_inner()));
-        self.to
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(keys);
     }
 }

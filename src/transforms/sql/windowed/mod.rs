@@ -30,7 +30,7 @@ use super::{clean, register, sql_options};
 use crate::config::window::{WindowKind, Windowing};
 use crate::pipeline::operator::{END_OF_TIME, EngineError, ErrorRoute, EventTime, Output};
 use crate::pipeline::stats::WindowStats;
-use crate::record::{AckToken, Batch, abandon, meta, rows, user_columns};
+use crate::record::{AckSet, Batch, meta, rows, user_columns};
 use crate::time::{SessionMerge, Window, assign, session_merge};
 use crate::transforms::window::combine::PaneTiming;
 use crate::transforms::window::lateness;
@@ -60,7 +60,7 @@ struct WindowRows {
     /// Rows arrived since the last pane.
     dirty: bool,
     /// Acknowledgement holds of the rows not yet in an emitted pane.
-    acks: Vec<AckToken>,
+    acks: AckSet,
     bytes: usize,
 }
 
@@ -73,15 +73,7 @@ impl WindowRows {
         self.dirty |= other.dirty;
         self.on_time_fired |= other.on_time_fired;
         self.bytes += other.bytes;
-        for a in other.acks {
-            push_ack(&mut self.acks, a);
-        }
-    }
-}
-
-fn push_ack(acks: &mut Vec<AckToken>, a: AckToken) {
-    if !acks.iter().any(|b| Arc::ptr_eq(&a, b)) {
-        acks.push(a);
+        self.acks.merge(other.acks);
     }
 }
 
@@ -305,7 +297,7 @@ impl PerWindow {
                     pane_index: 0,
                     on_time_fired: w.end <= wm,
                     dirty: false,
-                    acks: Vec::new(),
+                    acks: AckSet::new(),
                     bytes: 0,
                 });
             entry
@@ -317,9 +309,7 @@ impl PerWindow {
             entry.bytes += size;
             self.bytes += size;
             touched_late |= entry.on_time_fired;
-            for a in &batch.acks {
-                push_ack(&mut entry.acks, a.clone());
-            }
+            entry.acks.extend_from(&batch.acks);
         }
         if touched_late && self.windowing.late_panes {
             self.fire(out, |_, r| {
@@ -415,7 +405,10 @@ impl PerWindow {
                             timing,
                         )
                         .map_err(|e| self.internal(e))?;
-                        out.main(Batch::merged(rows, acks.iter().cloned()));
+                        out.main(Batch {
+                            rows,
+                            acks: acks.clone(),
+                        });
                     }
                 }
                 Ok(None) => {}
@@ -557,7 +550,7 @@ impl PerWindow {
     pub fn drain_keep(&mut self) {
         let open = self.state.len();
         for r in self.state.values() {
-            abandon(&r.acks);
+            r.acks.abandon();
         }
         self.state.clear();
         self.sessions.clear();

@@ -3,7 +3,6 @@
 //! sessions, which merge).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, UInt32Array};
 use arrow::compute::take;
@@ -190,7 +189,7 @@ impl Combine {
                         pane_index: 0,
                         on_time_fired: w.end <= self.watermark,
                         dirty: false,
-                        acks: Vec::new(),
+                        acks: crate::record::AckSet::new(),
                         bytes: 0,
                     },
                 );
@@ -214,11 +213,7 @@ impl Combine {
             match &mut self.durable {
                 Some(d) => d.sessions_changed = true,
                 None => {
-                    for a in &batch.acks {
-                        if !group.acks.iter().any(|b| Arc::ptr_eq(a, b)) {
-                            group.acks.push(a.clone());
-                        }
-                    }
+                    group.acks.extend_from(&batch.acks);
                 }
             }
             self.bytes.update(&gk, group);

@@ -211,7 +211,7 @@ impl Combine {
                 pane_index: panes.value(i),
                 on_time_fired: fired.value(i),
                 dirty: dirty.value(i),
-                acks: Vec::new(),
+                acks: crate::record::AckSet::new(),
                 bytes: 0,
             };
             let key = key_of(w, row.clone());

@@ -34,7 +34,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
 use crate::pipeline::operator::{EngineError, EventTime};
-use crate::record::{AckToken, Batch, Hold, meta};
+use crate::record::{Ack, AckSet, AckStatus, AckToken, Batch, Hold, Releaser, meta};
 use crate::sinks::retry::Backoff;
 use crate::state::StateStore;
 
@@ -80,7 +80,9 @@ pub struct Durable {
     pub restored: bool,
     committed_watermark: Option<EventTime>,
     /// Holds of the input absorbed since the last commit.
-    held: Vec<AckToken>,
+    held: AckSet,
+    /// Releases pane holds ([`Written`]: in-memory bookkeeping) where their last clone drops.
+    releaser: Releaser,
     /// Message ids absorbed → expiry (Unix ms); `order` lists them by expiry for eviction.
     seen: HashMap<Arc<str>, i64>,
     order: VecDeque<(i64, Arc<str>)>,
@@ -101,11 +103,12 @@ pub struct Durable {
 impl Durable {
     pub fn new(cfg: DurableConfig, pipeline: &str, transform: &str) -> Self {
         Durable {
+            releaser: Releaser::inline(cfg.failed.clone()),
             cfg,
             namespace: format!("{pipeline}/{transform}"),
             restored: false,
             committed_watermark: None,
-            held: Vec::new(),
+            held: AckSet::new(),
             seen: HashMap::new(),
             order: VecDeque::new(),
             new_ids: Vec::new(),
@@ -130,12 +133,7 @@ impl Durable {
     /// # Errors
     /// The row filter failed (an internal error).
     pub fn admit(&mut self, transform: &str, mut batch: Batch) -> Result<Batch, EngineError> {
-        for a in &batch.acks {
-            if !self.held.iter().any(|b| Arc::ptr_eq(a, b)) {
-                self.held.push(a.clone());
-            }
-        }
-        batch.acks.clear();
+        self.held.merge(std::mem::take(&mut batch.acks));
         let Some(ids) = batch
             .rows
             .column_by_name(meta::ROW_ID)
@@ -176,7 +174,7 @@ impl Durable {
     }
 
     /// A hold for an emitted pane batch: the pane is remembered (and checkpointed) until every
-    /// sink wrote it, when the hold drops.
+    /// sink wrote it, when the hold is released as delivered.
     pub fn emitted(&mut self, port: usize, rows: &RecordBatch) -> AckToken {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -186,12 +184,13 @@ impl Durable {
     }
 
     fn written(&self, seq: u64) -> AckToken {
-        Arc::new(Written {
-            seq,
-            confirmed: self.confirmed.clone(),
-            failed: self.cfg.failed.clone(),
-            abandoned: AtomicBool::new(false),
-        })
+        Ack::new(
+            Written {
+                seq,
+                confirmed: self.confirmed.clone(),
+            },
+            &self.releaser,
+        )
     }
 
     /// Reads the checkpoint of this Combine (empty when there is none).
@@ -270,7 +269,7 @@ impl Durable {
                     .split_first()
                     .ok_or_else(|| bad(&key, "empty".into()))?;
                 for rows in decode(body).map_err(|e| bad(&key, e))? {
-                    let acks = vec![self.written(seq)];
+                    let acks = AckSet::one(self.written(seq));
                     r.outputs.push((usize::from(*port), Batch { rows, acks }));
                 }
                 self.persisted.insert(seq);
@@ -371,7 +370,7 @@ impl Durable {
         .await?;
         self.committed_watermark = Some(extra.watermark);
         // Only now may the input absorbed into this checkpoint be acknowledged.
-        drop(held);
+        held.release(AckStatus::Delivered);
         Ok(())
     }
 
@@ -449,24 +448,17 @@ pub fn decode(mut bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
     Ok(out)
 }
 
-/// Confirms pane `seq` when every sink wrote it (the last clone drops), unless the run failed
+/// Confirms pane `seq` when every sink wrote it (released as delivered), unless the run failed
 /// or the pane was given up: then it stays in the store and is emitted again after a restart.
+/// In-memory only: the next commit deletes the pane.
 struct Written {
     seq: u64,
     confirmed: Arc<Mutex<Vec<u64>>>,
-    failed: Arc<AtomicBool>,
-    abandoned: AtomicBool,
 }
 
 impl Hold for Written {
-    fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Written {
-    fn drop(&mut self) {
-        if !self.failed.load(Ordering::SeqCst) && !self.abandoned.load(Ordering::SeqCst) {
+    fn release(self: Box<Self>, status: AckStatus) {
+        if status == AckStatus::Delivered {
             self.confirmed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -256,9 +256,9 @@ impl Combine {
         if let Some((rows, mut acks)) = emitted {
             if let Some(d) = &mut self.durable {
                 d.sessions_changed = true;
-                acks.push(d.emitted(0, &rows));
+                acks.insert(d.emitted(0, &rows));
             }
-            out.main(Batch::merged(rows, acks));
+            out.main(Batch { rows, acks });
         }
         Ok(())
     }
@@ -275,7 +275,7 @@ impl Combine {
         };
         let discarding = !self.windowing.accumulating;
         let mut batches = Vec::new();
-        let mut acks = Vec::new();
+        let mut acks = crate::record::AckSet::new();
         for (key, w) in self.windows.iter_mut() {
             let Some((timing, which)) = pick(w) else {
                 continue;
@@ -299,9 +299,9 @@ impl Combine {
                 .map_err(|e| EngineError::internal(&self.name, e.to_string()))?,
         };
         if let Some(d) = &mut self.durable {
-            acks.push(d.emitted(0, &rows));
+            acks.insert(d.emitted(0, &rows));
         }
-        out.main(Batch::merged(rows, acks));
+        out.main(Batch { rows, acks });
         Ok(())
     }
 
@@ -351,8 +351,9 @@ impl Combine {
         let mut groups = Vec::new();
         let mut touched_late = false;
         // With durable state the checkpoint holds the input, not the windows.
-        let acks: &[crate::record::AckToken] = if self.durable.is_some() {
-            &[]
+        let none = crate::record::AckSet::new();
+        let acks: &crate::record::AckSet = if self.durable.is_some() {
+            &none
         } else {
             &r.batch.acks
         };
@@ -502,7 +503,7 @@ fn merge_group(into: &mut Group, mut other: Group) -> Result<(), String> {
     into.pane_index = into.pane_index.max(other.pane_index);
     into.dirty |= other.dirty;
     into.on_time_fired |= other.on_time_fired;
-    into.acks.append(&mut other.acks);
+    into.acks.merge(std::mem::take(&mut other.acks));
     Ok(())
 }
 
@@ -528,7 +529,7 @@ impl Operator for Combine {
         if let Some(d) = &mut self.durable {
             out.for_each_mut(|port, b| {
                 if port != 0 {
-                    b.acks.push(d.emitted(port, &b.rows));
+                    b.acks.insert(d.emitted(port, &b.rows));
                 }
             });
         }
@@ -595,7 +596,7 @@ impl Operator for Combine {
                 .map(WindowState::groups)
                 .sum::<usize>();
         for g in self.state.values() {
-            crate::record::abandon(&g.acks);
+            g.acks.abandon();
         }
         for w in self.windows.values() {
             w.abandon();

@@ -18,8 +18,8 @@ use crate::pipeline::operator::EventTime;
 use crate::record::meta;
 use crate::time::Window;
 
-/// Same type as `record::Batch::acks` items (an `Arc` whose `Drop` acknowledges).
-pub use crate::record::AckToken;
+/// The holds of `record::Batch::acks`.
+pub use crate::record::AckSet;
 
 /// When a pane fired, as in Beam's `PaneInfo.timing` (the Int8 in `__sluice_pane_timing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct Group {
     pub on_time_fired: bool,
     /// Data arrived since the last pane.
     pub dirty: bool,
-    pub acks: Vec<AckToken>,
+    pub acks: AckSet,
     /// This group's share of [`StateBytes`], as last estimated.
     pub bytes: usize,
 }
@@ -66,7 +66,7 @@ pub fn group_bytes(key: &GroupKey, g: &Group) -> usize {
         + ENTRY_OVERHEAD
         + key.2.row().as_ref().len()
         + g.accs.iter().map(|a| a.size()).sum::<usize>()
-        + g.acks.len() * std::mem::size_of::<AckToken>()
+        + g.acks.heap_bytes()
 }
 
 /// The estimated bytes of all groups, kept up to date per changed group (never by walking the
@@ -167,7 +167,7 @@ pub fn emit_panes(
     fired: &[(GroupKey, PaneTiming)],
     ids: (&str, &str),
     discarding: bool,
-) -> Result<Option<(RecordBatch, Vec<AckToken>)>, String> {
+) -> Result<Option<(RecordBatch, AckSet)>, String> {
     if fired.is_empty() {
         return Ok(None);
     }
@@ -180,7 +180,7 @@ pub fn emit_panes(
     let mut panes = Vec::with_capacity(n);
     let mut timings = Vec::with_capacity(n);
     let mut row_ids = Vec::with_capacity(n);
-    let mut acks = Vec::new();
+    let mut acks = AckSet::new();
     for (key, timing) in fired {
         let Some(group) = state.get_mut(key) else {
             return Err("internal: fired group has no state".into());
@@ -200,7 +200,7 @@ pub fn emit_panes(
         if *timing == PaneTiming::OnTime {
             group.on_time_fired = true;
         }
-        acks.append(&mut group.acks);
+        acks.merge(std::mem::take(&mut group.acks));
         if discarding {
             group.accs = layout.new_accumulators()?;
         }

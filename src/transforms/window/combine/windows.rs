@@ -24,7 +24,7 @@ use arrow::compute::take;
 use arrow::row::Rows;
 
 use super::groups::GroupAcc;
-use super::state::{AckToken, Layout, PaneTiming, row_id};
+use super::state::{AckSet, Layout, PaneTiming, row_id};
 use crate::pipeline::operator::EventTime;
 use crate::time::Window;
 
@@ -72,7 +72,7 @@ pub struct WindowState {
     dirty: Vec<bool>,
     dirty_count: usize,
     pub on_time_fired: bool,
-    acks: Vec<AckToken>,
+    acks: AckSet,
     /// Estimated bytes, refreshed by [`WindowState::recount`].
     pub bytes: usize,
 }
@@ -98,7 +98,7 @@ impl WindowState {
             dirty: Vec::new(),
             dirty_count: 0,
             on_time_fired,
-            acks: Vec::new(),
+            acks: AckSet::new(),
             bytes: 0,
         };
         w.recount();
@@ -156,7 +156,7 @@ impl WindowState {
         &mut self,
         inputs: &[ArrayRef],
         groups: &[usize],
-        acks: &[AckToken],
+        acks: &AckSet,
     ) -> Result<(), String> {
         let total = self.groups();
         for (acc, input) in self.accs.iter_mut().zip(inputs) {
@@ -168,11 +168,7 @@ impl WindowState {
                 self.dirty_count += 1;
             }
         }
-        for a in acks {
-            if !self.acks.iter().any(|b| Arc::ptr_eq(a, b)) {
-                self.acks.push(a.clone());
-            }
-        }
+        self.acks.extend_from(acks);
         Ok(())
     }
 
@@ -188,7 +184,7 @@ impl WindowState {
         timing: PaneTiming,
         ids: (&str, &str),
         discarding: bool,
-        acks: &mut Vec<AckToken>,
+        acks: &mut AckSet,
     ) -> Result<Option<RecordBatch>, String> {
         let total = self.groups();
         let mut picked: Vec<u32> = (0..total as u32)
@@ -232,7 +228,7 @@ impl WindowState {
         if timing == PaneTiming::OnTime {
             self.on_time_fired = true;
         }
-        acks.append(&mut self.acks);
+        acks.merge(std::mem::take(&mut self.acks));
         columns.push(Arc::new(Int64Array::from(vec![w.max_timestamp(); n])));
         columns.push(Arc::new(Int64Array::from(vec![w.start; n])));
         columns.push(Arc::new(Int64Array::from(vec![w.end; n])));
@@ -314,7 +310,7 @@ impl WindowState {
 
     /// Gives up the acknowledgement holds (drain keep: redelivered later).
     pub fn abandon(&self) {
-        crate::record::abandon(&self.acks);
+        self.acks.abandon();
     }
 
     /// Re-estimates [`WindowState::bytes`]: the group table, key rows, accumulators (their own
@@ -327,7 +323,7 @@ impl WindowState {
             + self.accs.iter().map(GroupAcc::size).sum::<usize>()
             + self.pane_index.capacity() * 8
             + self.dirty.capacity()
-            + self.acks.capacity() * std::mem::size_of::<AckToken>();
+            + self.acks.heap_bytes();
     }
 }
 
@@ -387,8 +383,8 @@ mod tests {
         w.group_indices(&rows, &hashes, &[0, 1, 2, 3, 4], &mut groups);
         assert_eq!(groups, [0, 1, 0, 2, 1]);
         let values: ArrayRef = Arc::new(Int64Array::from(vec![1, 10, 100, 1000, 10000]));
-        w.update(&[values], &groups, &[]).unwrap();
-        let mut acks = Vec::new();
+        w.update(&[values], &groups, &AckSet::new()).unwrap();
+        let mut acks = AckSet::new();
         let pane = w
             .emit(
                 &layout,
@@ -414,7 +410,7 @@ mod tests {
         w.group_indices(&more, &[42], &[0], &mut groups);
         assert_eq!(groups, [2]);
         let values: ArrayRef = Arc::new(Int64Array::from(vec![5]));
-        w.update(&[values], &groups, &[]).unwrap();
+        w.update(&[values], &groups, &AckSet::new()).unwrap();
         let pane = w
             .emit(
                 &layout,
