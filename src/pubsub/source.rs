@@ -357,7 +357,11 @@ impl ReadFromPubSub {
             self.ledger.insert(*k, acks.handlers(), now);
         }
         let token: AckToken = Ack::new(acks, releaser);
-        self.commit_ids(&keys).await?;
+        if let Err(e) = self.commit_ids(&keys).await {
+            // Nothing was emitted: the messages must come back, not be acknowledged.
+            token.fail();
+            return Err(e);
+        }
         let (rows, bad) = decoder.decode(&msgs);
         let mut out = Output::new(self.ports);
         let origin = Batch {
