@@ -102,58 +102,11 @@ impl JsonDecoder {
         Ok(Some(batch))
     }
 
-    /// Decodes `chunk` and requires each non-blank line to be exactly one complete row: two
-    /// values on a line, or a value over two lines, fail the chunk.
-    ///
-    /// Counting rows against lines after decoding the whole chunk proves this only when no
-    /// value can span lines (otherwise a line with two values and a value over two lines cancel
-    /// out), and [`lines_are_closed`] proves that cheaply for ordinary JSON Lines. Any other
-    /// chunk is fed to the decoder one line at a time, checking each line's row.
-    fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
-        match lines_are_closed(chunk) {
-            Some(lines) => self.decode_whole(chunk, lines),
-            None => self.decode_line_by_line(chunk),
-        }
-    }
-
-    /// Decodes `chunk` in one pass (the decoder flushing when full) and requires `lines` rows.
-    fn decode_whole(
-        &mut self,
-        chunk: &[u8],
-        lines: usize,
-    ) -> Result<Option<RecordBatch>, ArrowError> {
-        let mut parts = Vec::new();
-        let mut offset = 0;
-        while offset < chunk.len() {
-            let read = self.decoder.decode(&chunk[offset..])?;
-            offset += read;
-            if read == 0 || self.decoder.len() >= DECODER_ROWS {
-                // The decoder is full: flush what it holds and go on.
-                match self.decoder.flush()? {
-                    Some(b) => parts.push(b),
-                    None if read == 0 => {
-                        return Err(ArrowError::JsonError("decoder made no progress".into()));
-                    }
-                    None => {}
-                }
-            }
-        }
-        if self.decoder.has_partial_record() {
-            return Err(ArrowError::JsonError("truncated JSON record".into()));
-        }
-        parts.extend(self.decoder.flush()?);
-        let rows: usize = parts.iter().map(RecordBatch::num_rows).sum();
-        if rows != lines {
-            return Err(ArrowError::JsonError(
-                "not exactly one JSON value per line".into(),
-            ));
-        }
-        self.concat(parts)
-    }
-
     /// Feeds the tape decoder one line at a time (the tape is shared, so this is the same
-    /// vectorised decode, plus a call per line) and checks that each line adds one row.
-    fn decode_line_by_line(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
+    /// vectorised decode) and requires each non-blank line to add exactly one complete row: two
+    /// values on a line, or a value over two lines, fail the chunk. Counting rows against lines
+    /// afterwards would not do: the two can cancel out.
+    fn try_decode_raw(&mut self, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
         let mut parts = Vec::new();
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
@@ -178,10 +131,6 @@ impl JsonDecoder {
             }
         }
         parts.extend(self.decoder.flush()?);
-        self.concat(parts)
-    }
-
-    fn concat(&self, mut parts: Vec<RecordBatch>) -> Result<Option<RecordBatch>, ArrowError> {
         match parts.len() {
             0 => Ok(None),
             1 => Ok(parts.pop()),
@@ -260,71 +209,6 @@ impl JsonDecoder {
             _ => Err("expected one JSON object".into()),
         }
     }
-}
-
-/// The number of non-blank lines of `chunk` when no JSON value in it can continue from one line
-/// to the next; `None` when one might.
-///
-/// No line may end inside a string: the chunk has no backslash and each line an even number of
-/// `"`, so its quotes pair up within the line. Then, for a chunk without `[` (one `memchr`), each
-/// line must start with `{` and end with `}`: a value left open at such a line's end is inside
-/// an object that just closed a member, where arrow-json accepts only a key or `}` next, so the
-/// next line's `{` fails the decode (pinned by the unit test
-/// `two_values_on_a_line_and_a_value_over_two_lines_do_not_cancel_out`). Inside a list it would
-/// not fail: arrow-json reads commas as whitespace, so `[{"x":1}` then `{"x":2}]` is one list to
-/// it. A chunk with `[` therefore needs each line's brackets outside strings to balance
-/// ([`closed`]), which costs a scan of each line. Either way, if the decode succeeds, every line
-/// holds whole values, and as many rows as lines means one row per line.
-fn lines_are_closed(chunk: &[u8]) -> Option<usize> {
-    if memchr::memchr(b'\\', chunk).is_some() {
-        return None;
-    }
-    let lists = memchr::memchr(b'[', chunk).is_some();
-    let mut lines = 0;
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
-        let line = trim(&chunk[start..end]);
-        start = end + 1;
-        let (Some(first), Some(last)) = (line.first(), line.last()) else {
-            continue;
-        };
-        // A plain count vectorises: a few instructions per 32 bytes.
-        let quotes = line.iter().filter(|b| **b == b'"').count();
-        if *first != b'{' || *last != b'}' || quotes % 2 != 0 || (lists && !closed(line)) {
-            return None;
-        }
-        lines += 1;
-    }
-    Some(lines)
-}
-
-/// Whether `line` (without backslashes, with paired quotes) has balanced brackets outside its
-/// strings.
-fn closed(line: &[u8]) -> bool {
-    let mut depth: i64 = 0;
-    let mut outside = true;
-    for part in line.split(|b| *b == b'"') {
-        if outside {
-            for b in part {
-                match b {
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => depth -= 1,
-                    _ => {}
-                }
-            }
-        }
-        outside = !outside;
-    }
-    depth == 0
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let b = trim_end(b);
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    &b[start..]
 }
 
 /// Lines of `chunk` holding anything but whitespace. Almost every line starts with a
@@ -556,15 +440,16 @@ mod tests {
     #[test]
     fn two_values_on_a_line_and_a_value_over_two_lines_do_not_cancel_out() {
         let cases: [&[u8]; 6] = [
-            // Caught by the closed-lines check (a line not starting with `{`): line by line.
+            // Each line is decoded on its own, so neither can hide the other:
             b"{\"id\":1}{\"id\":2}\n{\"id\":\n3}\n{\"id\":4}\n",
-            // Closed lines, whole-chunk decode: the continuation starts with `{` after `}`.
+            // a continuation starting with `{`, in an object and in a list (arrow-json reads
+            // commas as whitespace: decoding the chunk whole would take the list as one value).
             b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"o\":{\"x\":1}\n{\"y\":2}}\n{\"id\":4}\n",
             b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"l\":[{\"x\":1}\n{\"x\":2}]}\n{\"id\":4}\n",
             // A string over two lines (odd quotes on each), and an escaped quote.
             b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"name\":\"a}\n{b\"}\n{\"id\":4}\n",
             b"{\"id\":1}{\"id\":2}\n{\"id\":3,\"name\":\"a\\\"}\n{\"}\n{\"id\":4}\n",
-            // Balanced by count, but closing first: the decoder refuses a closer at the top.
+            // Brackets balanced by count, but closing first.
             b"{\"id\":1}{\"id\":2}\n]}{\"id\":3,\"l\":[{\"x\":1}\n{\"x\":2}]}[{\n{\"id\":4}\n",
         ];
         for input in cases {
@@ -583,18 +468,6 @@ mod tests {
             let lines: Vec<usize> = bad.iter().map(|b| b.line).collect();
             assert_eq!(lines, vec![0, 1, 2], "{text}");
         }
-        assert_eq!(
-            lines_are_closed(b"{\"a\":1}\n\n  {\"a\":\"}{\"} \r\n"),
-            Some(2)
-        );
-        assert_eq!(lines_are_closed(b"{\"a\":\"\\\"\"}\n"), None);
-        assert_eq!(lines_are_closed(b"{\"a\":\"}\n"), None);
-        assert_eq!(
-            lines_are_closed(b"{\"l\":[1,\"]\"]}\n{\"m\":[]}\n"),
-            Some(2)
-        );
-        assert_eq!(lines_are_closed(b"{\"l\":[1]}\n[1]\n"), None);
-        assert_eq!(lines_are_closed(b"{\"l\":[{\"x\":1}\n"), None);
     }
 
     /// The cost of the number checks on the standard workload's rows (docs/performance.md,
