@@ -133,10 +133,8 @@ fn check_numbers(node: &Node, rep: &mut Reporter) {
                 return;
             }
             let pos = Pos::from_span(s.span());
-            let integral = text
-                .trim_start_matches(['-', '+'])
-                .bytes()
-                .all(|b| b.is_ascii_digit());
+            let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+            let integral = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
             if integral {
                 rep.error(
                     pos,
